@@ -1,0 +1,55 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Optional as _Optional
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Strategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STRATEGY_UNSPECIFIED: _ClassVar[Strategy]
+    STRATEGY_CONVERSATION: _ClassVar[Strategy]
+    STRATEGY_CONTRAST: _ClassVar[Strategy]
+    STRATEGY_TRAJECTORY: _ClassVar[Strategy]
+STRATEGY_UNSPECIFIED: Strategy
+STRATEGY_CONVERSATION: Strategy
+STRATEGY_CONTRAST: Strategy
+STRATEGY_TRAJECTORY: Strategy
+
+class ScoredTemplate(_message.Message):
+    __slots__ = ("template", "accuracy", "correct", "total", "restart", "iteration", "origin")
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    RESTART_FIELD_NUMBER: _ClassVar[int]
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    template: str
+    accuracy: float
+    correct: int
+    total: int
+    restart: int
+    iteration: int
+    origin: str
+    def __init__(self, template: _Optional[str] = ..., accuracy: _Optional[float] = ..., correct: _Optional[int] = ..., total: _Optional[int] = ..., restart: _Optional[int] = ..., iteration: _Optional[int] = ..., origin: _Optional[str] = ...) -> None: ...
+
+class ChatMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("llm_calls", "prompt_tokens", "completion_tokens", "evaluations")
+    LLM_CALLS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    llm_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    evaluations: int
+    def __init__(self, llm_calls: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., evaluations: _Optional[int] = ...) -> None: ...

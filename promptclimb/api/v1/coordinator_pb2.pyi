@@ -1,0 +1,277 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from promptclimb.api.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SearchState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEARCH_STATE_UNSPECIFIED: _ClassVar[SearchState]
+    SEARCH_STATE_PENDING: _ClassVar[SearchState]
+    SEARCH_STATE_RUNNING: _ClassVar[SearchState]
+    SEARCH_STATE_SUCCEEDED: _ClassVar[SearchState]
+    SEARCH_STATE_FAILED: _ClassVar[SearchState]
+    SEARCH_STATE_CANCELLED: _ClassVar[SearchState]
+
+class SearchPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEARCH_PHASE_UNSPECIFIED: _ClassVar[SearchPhase]
+    SEARCH_PHASE_SEEDING: _ClassVar[SearchPhase]
+    SEARCH_PHASE_PROPOSING: _ClassVar[SearchPhase]
+    SEARCH_PHASE_SCORING: _ClassVar[SearchPhase]
+    SEARCH_PHASE_EVALUATING: _ClassVar[SearchPhase]
+    SEARCH_PHASE_DONE: _ClassVar[SearchPhase]
+
+class SearchView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEARCH_VIEW_UNSPECIFIED: _ClassVar[SearchView]
+    SEARCH_VIEW_BASIC: _ClassVar[SearchView]
+    SEARCH_VIEW_FULL: _ClassVar[SearchView]
+
+class SearchEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEARCH_EVENT_TYPE_UNSPECIFIED: _ClassVar[SearchEventType]
+    SEARCH_EVENT_TYPE_SNAPSHOT: _ClassVar[SearchEventType]
+    SEARCH_EVENT_TYPE_STATE_CHANGED: _ClassVar[SearchEventType]
+    SEARCH_EVENT_TYPE_PHASE_CHANGED: _ClassVar[SearchEventType]
+    SEARCH_EVENT_TYPE_ITERATION_DONE: _ClassVar[SearchEventType]
+    SEARCH_EVENT_TYPE_NEW_BEST: _ClassVar[SearchEventType]
+SEARCH_STATE_UNSPECIFIED: SearchState
+SEARCH_STATE_PENDING: SearchState
+SEARCH_STATE_RUNNING: SearchState
+SEARCH_STATE_SUCCEEDED: SearchState
+SEARCH_STATE_FAILED: SearchState
+SEARCH_STATE_CANCELLED: SearchState
+SEARCH_PHASE_UNSPECIFIED: SearchPhase
+SEARCH_PHASE_SEEDING: SearchPhase
+SEARCH_PHASE_PROPOSING: SearchPhase
+SEARCH_PHASE_SCORING: SearchPhase
+SEARCH_PHASE_EVALUATING: SearchPhase
+SEARCH_PHASE_DONE: SearchPhase
+SEARCH_VIEW_UNSPECIFIED: SearchView
+SEARCH_VIEW_BASIC: SearchView
+SEARCH_VIEW_FULL: SearchView
+SEARCH_EVENT_TYPE_UNSPECIFIED: SearchEventType
+SEARCH_EVENT_TYPE_SNAPSHOT: SearchEventType
+SEARCH_EVENT_TYPE_STATE_CHANGED: SearchEventType
+SEARCH_EVENT_TYPE_PHASE_CHANGED: SearchEventType
+SEARCH_EVENT_TYPE_ITERATION_DONE: SearchEventType
+SEARCH_EVENT_TYPE_NEW_BEST: SearchEventType
+
+class Budget(_message.Message):
+    __slots__ = ("max_llm_calls", "max_tokens", "max_evaluations", "max_duration")
+    MAX_LLM_CALLS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DURATION_FIELD_NUMBER: _ClassVar[int]
+    max_llm_calls: int
+    max_tokens: int
+    max_evaluations: int
+    max_duration: _duration_pb2.Duration
+    def __init__(self, max_llm_calls: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_evaluations: _Optional[int] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class TemplateList(_message.Message):
+    __slots__ = ("templates",)
+    TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    templates: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, templates: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class InitialPool(_message.Message):
+    __slots__ = ("named_pool", "templates", "llm_starters")
+    NAMED_POOL_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    LLM_STARTERS_FIELD_NUMBER: _ClassVar[int]
+    named_pool: str
+    templates: TemplateList
+    llm_starters: int
+    def __init__(self, named_pool: _Optional[str] = ..., templates: _Optional[_Union[TemplateList, _Mapping]] = ..., llm_starters: _Optional[int] = ...) -> None: ...
+
+class SearchSpec(_message.Message):
+    __slots__ = ("dataset", "selection_split", "evaluation_split", "strategy", "best_k", "worst_k", "temperature", "initial_pool", "restarts", "iterations", "templates_per_iteration", "budget", "seed", "task_description", "ensemble_k", "display_name")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_SPLIT_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_SPLIT_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    BEST_K_FIELD_NUMBER: _ClassVar[int]
+    WORST_K_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_POOL_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATES_PER_ITERATION_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    TASK_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    ENSEMBLE_K_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    selection_split: str
+    evaluation_split: str
+    strategy: _common_pb2.Strategy
+    best_k: int
+    worst_k: int
+    temperature: float
+    initial_pool: InitialPool
+    restarts: int
+    iterations: int
+    templates_per_iteration: int
+    budget: Budget
+    seed: int
+    task_description: str
+    ensemble_k: int
+    display_name: str
+    def __init__(self, dataset: _Optional[str] = ..., selection_split: _Optional[str] = ..., evaluation_split: _Optional[str] = ..., strategy: _Optional[_Union[_common_pb2.Strategy, str]] = ..., best_k: _Optional[int] = ..., worst_k: _Optional[int] = ..., temperature: _Optional[float] = ..., initial_pool: _Optional[_Union[InitialPool, _Mapping]] = ..., restarts: _Optional[int] = ..., iterations: _Optional[int] = ..., templates_per_iteration: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., seed: _Optional[int] = ..., task_description: _Optional[str] = ..., ensemble_k: _Optional[int] = ..., display_name: _Optional[str] = ...) -> None: ...
+
+class IterationSummary(_message.Message):
+    __slots__ = ("restart", "iteration", "best_accuracy", "mean_accuracy", "num_templates", "propose_seconds", "score_seconds")
+    RESTART_FIELD_NUMBER: _ClassVar[int]
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    BEST_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    MEAN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    NUM_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    PROPOSE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    restart: int
+    iteration: int
+    best_accuracy: float
+    mean_accuracy: float
+    num_templates: int
+    propose_seconds: float
+    score_seconds: float
+    def __init__(self, restart: _Optional[int] = ..., iteration: _Optional[int] = ..., best_accuracy: _Optional[float] = ..., mean_accuracy: _Optional[float] = ..., num_templates: _Optional[int] = ..., propose_seconds: _Optional[float] = ..., score_seconds: _Optional[float] = ...) -> None: ...
+
+class SearchResult(_message.Message):
+    __slots__ = ("best", "best_evaluation_accuracy", "ensemble_templates", "ensemble_evaluation_accuracy")
+    BEST_FIELD_NUMBER: _ClassVar[int]
+    BEST_EVALUATION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    ENSEMBLE_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    ENSEMBLE_EVALUATION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    best: _common_pb2.ScoredTemplate
+    best_evaluation_accuracy: float
+    ensemble_templates: _containers.RepeatedScalarFieldContainer[str]
+    ensemble_evaluation_accuracy: float
+    def __init__(self, best: _Optional[_Union[_common_pb2.ScoredTemplate, _Mapping]] = ..., best_evaluation_accuracy: _Optional[float] = ..., ensemble_templates: _Optional[_Iterable[str]] = ..., ensemble_evaluation_accuracy: _Optional[float] = ...) -> None: ...
+
+class Search(_message.Message):
+    __slots__ = ("name", "id", "spec", "state", "phase", "restart", "iteration", "create_time", "update_time", "end_time", "best", "result", "history", "iterations", "usage", "wall_seconds", "end_reason", "error_code", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    RESTART_FIELD_NUMBER: _ClassVar[int]
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    BEST_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    WALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    id: str
+    spec: SearchSpec
+    state: SearchState
+    phase: SearchPhase
+    restart: int
+    iteration: int
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    best: _common_pb2.ScoredTemplate
+    result: SearchResult
+    history: _containers.RepeatedCompositeFieldContainer[_common_pb2.ScoredTemplate]
+    iterations: _containers.RepeatedCompositeFieldContainer[IterationSummary]
+    usage: _common_pb2.Usage
+    wall_seconds: float
+    end_reason: str
+    error_code: int
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., spec: _Optional[_Union[SearchSpec, _Mapping]] = ..., state: _Optional[_Union[SearchState, str]] = ..., phase: _Optional[_Union[SearchPhase, str]] = ..., restart: _Optional[int] = ..., iteration: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., best: _Optional[_Union[_common_pb2.ScoredTemplate, _Mapping]] = ..., result: _Optional[_Union[SearchResult, _Mapping]] = ..., history: _Optional[_Iterable[_Union[_common_pb2.ScoredTemplate, _Mapping]]] = ..., iterations: _Optional[_Iterable[_Union[IterationSummary, _Mapping]]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., wall_seconds: _Optional[float] = ..., end_reason: _Optional[str] = ..., error_code: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class StartSearchRequest(_message.Message):
+    __slots__ = ("spec", "request_id")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    spec: SearchSpec
+    request_id: str
+    def __init__(self, spec: _Optional[_Union[SearchSpec, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class StartSearchResponse(_message.Message):
+    __slots__ = ("search",)
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    search: Search
+    def __init__(self, search: _Optional[_Union[Search, _Mapping]] = ...) -> None: ...
+
+class GetSearchRequest(_message.Message):
+    __slots__ = ("name", "view")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    view: SearchView
+    def __init__(self, name: _Optional[str] = ..., view: _Optional[_Union[SearchView, str]] = ...) -> None: ...
+
+class GetSearchResponse(_message.Message):
+    __slots__ = ("search",)
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    search: Search
+    def __init__(self, search: _Optional[_Union[Search, _Mapping]] = ...) -> None: ...
+
+class WatchSearchRequest(_message.Message):
+    __slots__ = ("name", "view")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    view: SearchView
+    def __init__(self, name: _Optional[str] = ..., view: _Optional[_Union[SearchView, str]] = ...) -> None: ...
+
+class WatchSearchResponse(_message.Message):
+    __slots__ = ("event", "search")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    event: SearchEventType
+    search: Search
+    def __init__(self, event: _Optional[_Union[SearchEventType, str]] = ..., search: _Optional[_Union[Search, _Mapping]] = ...) -> None: ...
+
+class CancelSearchRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class CancelSearchResponse(_message.Message):
+    __slots__ = ("search",)
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    search: Search
+    def __init__(self, search: _Optional[_Union[Search, _Mapping]] = ...) -> None: ...
+
+class ListSearchesRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "state")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    state: SearchState
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., state: _Optional[_Union[SearchState, str]] = ...) -> None: ...
+
+class ListSearchesResponse(_message.Message):
+    __slots__ = ("searches", "next_page_token")
+    SEARCHES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    searches: _containers.RepeatedCompositeFieldContainer[Search]
+    next_page_token: str
+    def __init__(self, searches: _Optional[_Iterable[_Union[Search, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
