@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -23,7 +24,9 @@ class GrpcServerMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         labels = ["grpc_type", "grpc_service", "grpc_method"]
         self.started = Counter(
-            "grpc_server_started_total", "Total number of RPCs started on the server.", labels,
+            "grpc_server_started_total",
+            "Total number of RPCs started on the server.",
+            labels,
             registry=registry,
         )
         self.handled = Counter(
@@ -34,18 +37,23 @@ class GrpcServerMetrics:
         )
         self.handling_seconds = Histogram(
             "grpc_server_handling_seconds",
-            "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+            "Histogram of response latency (seconds) of gRPC that had been application-level handled "
+            "by the server.",
             labels,
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
         self.msg_received = Counter(
-            "grpc_server_msg_received_total", "Total number of RPC stream messages received on the server.",
-            labels, registry=registry,
+            "grpc_server_msg_received_total",
+            "Total number of RPC stream messages received on the server.",
+            labels,
+            registry=registry,
         )
         self.msg_sent = Counter(
-            "grpc_server_msg_sent_total", "Total number of gRPC stream messages sent by the server.",
-            labels, registry=registry,
+            "grpc_server_msg_sent_total",
+            "Total number of gRPC stream messages sent by the server.",
+            labels,
+            registry=registry,
         )
 
 
@@ -61,7 +69,9 @@ def default_server_metrics() -> GrpcServerMetrics:
 
 
 def _split_method(full_method: str) -> tuple[str, str]:
-    _, service, method = full_method.split("/", 2) if full_method.count("/") >= 2 else ("", "unknown", "unknown")
+    _, service, method = (
+        full_method.split("/", 2) if full_method.count("/") >= 2 else ("", "unknown", "unknown")
+    )
     return service, method
 
 
@@ -125,6 +135,29 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream and inspect.iscoroutinefunction(handler.unary_stream):
+            # A reader/writer handler (context.write(), e.g. grpc.health.v1 Watch) is a coroutine,
+            # not an async generator: await it rather than iterate it.
+            inner_uw = handler.unary_stream
+            kind_w = "server_stream"
+
+            async def unary_stream_writer(request: Any, context: grpc.aio.ServicerContext) -> None:
+                m.started.labels(*labels(kind_w)).inc()
+                m.msg_received.labels(*labels(kind_w)).inc()
+                start = time.perf_counter()
+                error: BaseException | None = None
+                try:
+                    await inner_uw(request, context)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    m.handled.labels(*labels(kind_w), _code_of(context, error)).inc()
+                    m.handling_seconds.labels(*labels(kind_w)).observe(time.perf_counter() - start)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream_writer, handler.request_deserializer, handler.response_serializer
             )
         if handler.unary_stream:
             inner_us = handler.unary_stream

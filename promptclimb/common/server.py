@@ -84,8 +84,11 @@ class ServiceServer:
         self.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, server)
         reflection.enable_server_reflection(
-            [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME],
+            [
+                *self.service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
             server,
         )
         for service in ("", *self.service_names):
@@ -101,8 +104,12 @@ class ServiceServer:
             self.metrics_port = start_metrics_server(s.metrics_port, host=s.host)
         log.info(
             "serving",
-            extra={"service": self.name, "port": self.port, "metrics_port": self.metrics_port,
-                   "tls": creds is not None},
+            extra={
+                "service": self.name,
+                "port": self.port,
+                "metrics_port": self.metrics_port,
+                "tls": creds is not None,
+            },
         )
         return self.port
 

@@ -39,6 +39,8 @@ class FakeOpenAI:
     # Called when the script is empty: request body -> reply content.
     default: Callable[[dict[str, Any]], str] | None = None
     api_key: str | None = None  # when set, other keys get 401
+    # When set, a request carrying response_format gets 400 (a backend without structured output).
+    reject_response_format: bool = False
     requests: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
     _server: ThreadingHTTPServer | None = None
@@ -68,8 +70,15 @@ class FakeOpenAI:
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/").endswith("/models"):
-                    self._send(200, json.dumps({"object": "list", "data": [
-                        {"id": "fake-model", "object": "model", "owned_by": "tests"}]}).encode())
+                    self._send(
+                        200,
+                        json.dumps(
+                            {
+                                "object": "list",
+                                "data": [{"id": "fake-model", "object": "model", "owned_by": "tests"}],
+                            }
+                        ).encode(),
+                    )
                 else:
                     self._send(404, b'{"error": {"message": "not found"}}')
 
@@ -77,9 +86,33 @@ class FakeOpenAI:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if fake.api_key is not None and self.headers.get("Authorization") != f"Bearer {fake.api_key}":
-                    self._send(401, json.dumps({"error": {"message": "Incorrect API key provided",
-                                                          "type": "invalid_request_error",
-                                                          "code": "invalid_api_key"}}).encode())
+                    self._send(
+                        401,
+                        json.dumps(
+                            {
+                                "error": {
+                                    "message": "Incorrect API key provided",
+                                    "type": "invalid_request_error",
+                                    "code": "invalid_api_key",
+                                }
+                            }
+                        ).encode(),
+                    )
+                    return
+                if fake.reject_response_format and "response_format" in body:
+                    with fake._lock:
+                        fake.requests.append(body)
+                    self._send(
+                        400,
+                        json.dumps(
+                            {
+                                "error": {
+                                    "message": "response_format is not supported",
+                                    "type": "invalid_request_error",
+                                }
+                            }
+                        ).encode(),
+                    )
                     return
                 with fake._lock:
                     fake.requests.append(body)
@@ -106,18 +139,27 @@ class FakeOpenAI:
                     "object": "chat.completion",
                     "created": int(time.time()),
                     "model": body.get("model", "fake-model"),
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": reply.content}}],
-                    "usage": {"prompt_tokens": reply.prompt_tokens,
-                              "completion_tokens": reply.completion_tokens,
-                              "total_tokens": reply.prompt_tokens + reply.completion_tokens},
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": reply.content},
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": reply.prompt_tokens,
+                        "completion_tokens": reply.completion_tokens,
+                        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+                    },
                 }
                 self._send(200, json.dumps(answer).encode())
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        # A short poll interval keeps stop() fast (the default 0.5 s adds up over many tests).
+        poll = {"poll_interval": 0.05}
+        threading.Thread(target=self._server.serve_forever, kwargs=poll, daemon=True).start()
         return self
 
     def stop(self) -> None:

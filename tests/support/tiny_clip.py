@@ -30,8 +30,12 @@ def make_tiny_model_dir(path: Path, seed: int = 0) -> Path:
     tiny = CLIP(**TINY_CONFIG)  # type: ignore[arg-type]
     config = {
         "model_cfg": TINY_CONFIG,
-        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic",
-                            "resize_mode": "shortest"},
+        "preprocess_cfg": {
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.5, 0.5, 0.5],
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+        },
     }
     (path / "open_clip_config.json").write_text(json.dumps(config, indent=2))
     torch.save(tiny.state_dict(), path / "open_clip_pytorch_model.bin")

@@ -1,0 +1,253 @@
+"""Few-shot image sets: ImageFolder trees, CoOp-style splits and array files.
+
+A :class:`FewShotSet` is a registered dataset: class names in a fixed order and, per split, the
+images with their labels. Images are only read to compute features (see ``features.py``);
+requests never carry images.
+
+Spec syntax of ``--dataset`` (see :func:`parse_dataset_spec`)::
+
+    ID=PATH                       ImageFolder tree PATH/<split>/<class_folder>/*.{png,jpg,jpeg}
+    ID=imagefolder:PATH           the same, explicit
+    ID=PATH.npz | ID=npz:PATH     arrays <split>_images (N,H,W[,C] uint8), <split>_labels, class_names
+    ID=coop:split_json=FILE,root=DIR,shots=N,seed=S
+                                  CoOp's split JSON + image root; train sampled N-shot with seed S
+                                  (val min(N, 4)-shot, test whole), as CoOp does
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class DatasetError(ValueError):
+    """A dataset source that cannot be read (bad path, bad spec, empty tree)."""
+
+
+@dataclass
+class Split:
+    """The images of one split: a loader per image and its label index."""
+
+    name: str
+    labels: list[int]
+    # Loads image i as a PIL image; kept lazy so registering a set reads no pixels.
+    load: Callable[[int], Any]
+    # Content hash of the split (image bytes + labels); keys the feature cache.
+    fingerprint: Callable[[], str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class FewShotSet:
+    """A registered labelled image set: ordered class names and its splits."""
+
+    id: str
+    class_names: list[str]
+    splits: dict[str, Split]
+    source: str
+    ready: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def display_name(folder: str) -> str:
+    """Class display name from a folder name: ``_`` becomes a space."""
+    return folder.replace("_", " ")
+
+
+def _open_rgb(path: Path) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def _files_split(name: str, files: Sequence[Path], labels: list[int], root: Path) -> Split:
+    files = list(files)
+
+    def fingerprint() -> str:
+        h = hashlib.sha256()
+        for path, label in zip(files, labels, strict=True):
+            rel = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+            h.update(f"{rel}\0{label}\0".encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+        return h.hexdigest()
+
+    return Split(name, labels, lambda i: _open_rgb(files[i]), fingerprint)
+
+
+def load_image_folder(dataset_id: str, root: Path) -> FewShotSet:
+    """An ImageFolder tree ``root/<split>/<class_folder>/*.{png,jpg,jpeg}``.
+
+    Splits are the subfolders present; classes are the union of class folders over all splits,
+    ordered by folder name, so every split shares one label space.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"image folder {str(root)!r} is not a directory")
+    split_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    folders = sorted({c.name for s in split_dirs for c in s.iterdir() if c.is_dir()})
+    if not folders:
+        raise DatasetError(f"image folder {str(root)!r} has no <split>/<class>/ folders")
+    index = {name: i for i, name in enumerate(folders)}
+    splits: dict[str, Split] = {}
+    for split_dir in split_dirs:
+        files: list[Path] = []
+        labels: list[int] = []
+        for class_dir in sorted(c for c in split_dir.iterdir() if c.is_dir()):
+            for f in sorted(class_dir.iterdir()):
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append(f)
+                    labels.append(index[class_dir.name])
+        if files:
+            splits[split_dir.name] = _files_split(split_dir.name, files, labels, root)
+    if not splits:
+        raise DatasetError(f"image folder {str(root)!r} holds no .png/.jpg/.jpeg images")
+    return FewShotSet(dataset_id, [display_name(f) for f in folders], splits, f"imagefolder:{root}")
+
+
+def coop_fewshot(items: Sequence[Any], labels: Sequence[int], shots: int, rng: random.Random) -> list[int]:
+    """Indices of a ``shots``-shot sample, exactly as CoOp's ``generate_fewshot_dataset``.
+
+    CoOp groups items by label in order of first appearance, then per label draws
+    ``random.sample(items, shots)`` (all items when a label has fewer; no repeat).
+    """
+    if shots < 1:
+        return list(range(len(items)))
+    by_label: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
+    chosen: list[int] = []
+    for idx in by_label.values():
+        chosen.extend(rng.sample(idx, shots) if len(idx) >= shots else idx)
+    return chosen
+
+
+def load_coop(dataset_id: str, split_json: Path, image_root: Path, shots: int, seed: int) -> FewShotSet:
+    """A CoOp-style dataset: ``{"train"|"val"|"test": [[relpath, label, classname], ...]}``.
+
+    Sampling follows CoOp: ``random.seed(seed)``, then train ``shots``-shot and val
+    ``min(shots, 4)``-shot; test is whole. ``shots=0`` keeps every split whole.
+    """
+    split_json, image_root = Path(split_json).expanduser(), Path(image_root).expanduser()
+    try:
+        raw = json.loads(split_json.read_text())
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read CoOp split {str(split_json)!r}: {exc}") from exc
+    names: dict[int, str] = {}
+    for entries in raw.values():
+        for _path, label, cname in entries:
+            names.setdefault(int(label), str(cname))
+    if not names:
+        raise DatasetError(f"CoOp split {str(split_json)!r} lists no images")
+    class_names = [names.get(i, str(i)) for i in range(max(names) + 1)]
+    # One generator seeded once, drawn train then val: the same sequence as CoOp's global seed.
+    rng = random.Random(seed)
+    splits: dict[str, Split] = {}
+    for name in ("train", "val", "test"):
+        entries = raw.get(name) or []
+        files = [image_root / str(e[0]) for e in entries]
+        labels = [int(e[1]) for e in entries]
+        k = {"train": shots, "val": min(shots, 4)}.get(name, 0)
+        keep = coop_fewshot(files, labels, k, rng) if shots > 0 else list(range(len(files)))
+        if keep:
+            splits[name] = _files_split(name, [files[i] for i in keep], [labels[i] for i in keep], image_root)
+    return FewShotSet(
+        dataset_id, class_names, splits, f"coop:{split_json}", extra={"shots": shots, "seed": seed}
+    )
+
+
+def load_array_file(dataset_id: str, path: Path) -> FewShotSet:
+    """An ``.npz`` with ``<split>_images`` (N,H,W[,C] uint8), ``<split>_labels`` and ``class_names``."""
+    import numpy as np
+    from PIL import Image
+
+    path = Path(path).expanduser()
+    try:
+        arrays = dict(np.load(path, allow_pickle=False))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read array file {str(path)!r}: {exc}") from exc
+    if "class_names" not in arrays:
+        raise DatasetError(f"array file {str(path)!r} has no class_names array")
+    class_names = [str(c) for c in arrays["class_names"].tolist()]
+    splits: dict[str, Split] = {}
+    for key in sorted(arrays):
+        if not key.endswith("_images"):
+            continue
+        name = key[: -len("_images")]
+        images, labels = arrays[key], arrays.get(f"{name}_labels")
+        if labels is None or len(labels) != len(images):
+            raise DatasetError(f"array file {str(path)!r}: {name}_labels missing or of another length")
+
+        def load(i: int, images: Any = images) -> Any:
+            a = images[i]
+            return Image.fromarray(a.astype(np.uint8)).convert("RGB")
+
+        def fingerprint(images: Any = images, labels: Any = labels) -> str:
+            h = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+            h.update(np.ascontiguousarray(labels).astype(np.int64).tobytes())
+            return h.hexdigest()
+
+        splits[name] = Split(name, [int(x) for x in labels], load, fingerprint)
+    if not splits:
+        raise DatasetError(f"array file {str(path)!r} has no <split>_images arrays")
+    return FewShotSet(dataset_id, class_names, splits, f"npz:{path}")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A parsed ``--dataset`` value: the id and how to load the set."""
+
+    id: str
+    kind: str  # "imagefolder" | "coop" | "npz"
+    path: str
+    options: dict[str, str] = field(default_factory=dict)
+
+    def load(self) -> FewShotSet:
+        """Read the source (no pixels yet) into a :class:`FewShotSet`."""
+        if self.kind == "imagefolder":
+            return load_image_folder(self.id, Path(self.path))
+        if self.kind == "npz":
+            return load_array_file(self.id, Path(self.path))
+        o = self.options
+        try:
+            shots, seed = int(o.get("shots", "0")), int(o.get("seed", "1"))
+        except ValueError as exc:
+            raise DatasetError(f"coop dataset {self.id!r}: shots and seed must be integers") from exc
+        if "split_json" not in o or "root" not in o:
+            raise DatasetError(f"coop dataset {self.id!r} needs split_json=FILE and root=DIR")
+        return load_coop(self.id, Path(o["split_json"]), Path(o["root"]), shots, seed)
+
+
+def parse_dataset_spec(spec: str) -> DatasetSpec:
+    """Parse ``ID=PATH``, ``ID=imagefolder:PATH``, ``ID=npz:PATH`` or ``ID=coop:k=v,...``."""
+    dataset_id, sep, rest = spec.partition("=")
+    dataset_id = dataset_id.strip()
+    if not sep or not dataset_id or not rest:
+        raise DatasetError(f"dataset spec {spec!r} is not ID=SOURCE")
+    if rest.startswith("coop:"):
+        options: dict[str, str] = {}
+        for part in rest[len("coop:") :].split(","):
+            key, eq, value = part.partition("=")
+            if not eq:
+                raise DatasetError(f"dataset spec {spec!r}: {part!r} is not key=value")
+            options[key.strip()] = value.strip()
+        unknown = set(options) - {"split_json", "root", "shots", "seed"}
+        if unknown:
+            raise DatasetError(f"dataset spec {spec!r}: unknown keys {sorted(unknown)}")
+        return DatasetSpec(dataset_id, "coop", options.get("split_json", ""), options)
+    if rest.startswith("imagefolder:"):
+        return DatasetSpec(dataset_id, "imagefolder", rest[len("imagefolder:") :])
+    if rest.startswith("npz:"):
+        return DatasetSpec(dataset_id, "npz", rest[len("npz:") :])
+    if rest.lower().endswith(".npz"):
+        return DatasetSpec(dataset_id, "npz", rest)
+    return DatasetSpec(dataset_id, "imagefolder", rest)

@@ -1,0 +1,174 @@
+"""ScorerService over gRPC: converts messages to engine calls and engine errors to statuses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from promptclimb.api.v1 import scorer_pb2, scorer_pb2_grpc
+from promptclimb.common.errors import ServiceError, abort, invalid_argument, not_found
+from services.scorer import engine as eng
+from services.scorer.datasets import DatasetError, DatasetSpec, FewShotSet
+
+SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["ScorerService"].full_name
+_INVALID_ARGUMENT = 3  # google.rpc.Code
+
+T = TypeVar("T")
+
+
+def to_service_error(exc: Exception) -> ServiceError:
+    """The status a domain error is reported with."""
+    if isinstance(exc, eng.NotReady):
+        return ServiceError(grpc.StatusCode.UNAVAILABLE, str(exc), retry_after_seconds=1.0)
+    if isinstance(exc, eng.UnknownDataset):
+        return not_found("dataset", exc.dataset)
+    if isinstance(exc, eng.UnknownSplit):
+        return ServiceError(
+            grpc.StatusCode.NOT_FOUND, str(exc), resource=("split", f"{exc.dataset}/{exc.split}")
+        )
+    if isinstance(exc, eng.BadRequest):
+        return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), field_violations=exc.violations)
+    if isinstance(exc, eng.QueueFull):
+        return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), retry_after_seconds=exc.retry_after)
+    if isinstance(exc, eng.DatasetConflict):
+        return ServiceError(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+    if isinstance(exc, DatasetError):
+        return invalid_argument(str(exc), "source")
+    raise exc
+
+
+def _score(r: eng.TemplateResult) -> scorer_pb2.TemplateScore:
+    msg = scorer_pb2.TemplateScore(
+        template=r.template,
+        accuracy=r.accuracy,
+        correct=r.correct,
+        total=r.total,
+        per_class_accuracy=r.per_class_accuracy,
+    )
+    if r.error is not None:
+        msg.error.code = _INVALID_ARGUMENT
+        msg.error.message = r.error
+    return msg
+
+
+def dataset_message(d: FewShotSet) -> scorer_pb2.Dataset:
+    """A registered dataset as a message."""
+    return scorer_pb2.Dataset(
+        id=d.id,
+        class_names=d.class_names,
+        splits=[scorer_pb2.SplitInfo(name=n, num_images=len(s)) for n, s in sorted(d.splits.items())],
+        source=d.source,
+        ready=d.ready,
+    )
+
+
+def spec_of(request: scorer_pb2.RegisterDatasetRequest) -> DatasetSpec:
+    """The dataset spec a RegisterDataset request describes."""
+    if not request.id:
+        raise eng.BadRequest("id must not be empty", "id")
+    kind = request.WhichOneof("source")
+    if kind == "image_folder":
+        return DatasetSpec(request.id, "imagefolder", request.image_folder.path)
+    if kind == "array":
+        return DatasetSpec(request.id, "npz", request.array.path)
+    if kind == "coop":
+        c = request.coop
+        options = {
+            "split_json": c.split_json,
+            "root": c.image_root,
+            "shots": str(c.shots),
+            "seed": str(c.seed),
+        }
+        return DatasetSpec(request.id, "coop", c.split_json, options)
+    raise eng.BadRequest("one of image_folder, coop, array must be set", "source")
+
+
+class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
+    """The gRPC adapter of a :class:`ScoringEngine`."""
+
+    def __init__(self, engine: eng.ScoringEngine) -> None:
+        self.engine = engine
+
+    async def _call(self, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await work()
+        except (eng.ScorerError, DatasetError) as exc:
+            await abort(context, to_service_error(exc))
+            raise AssertionError("unreachable") from exc
+
+    async def EvaluatePrompts(
+        self, request: scorer_pb2.EvaluatePromptsRequest, context: grpc.aio.ServicerContext
+    ) -> scorer_pb2.EvaluatePromptsResponse:
+        """Score each template."""
+        result = await self._call(
+            context,
+            lambda: self.engine.evaluate(
+                request.dataset, request.split, list(request.templates), request.per_class
+            ),
+        )
+        return scorer_pb2.EvaluatePromptsResponse(
+            scores=[_score(s) for s in result.scores],
+            class_names=result.class_names,
+            compute_seconds=result.compute_seconds,
+        )
+
+    async def EvaluateEnsemble(
+        self, request: scorer_pb2.EvaluateEnsembleRequest, context: grpc.aio.ServicerContext
+    ) -> scorer_pb2.EvaluateEnsembleResponse:
+        """Score the ensemble of the templates."""
+        result = await self._call(
+            context,
+            lambda: self.engine.evaluate_ensemble(
+                request.dataset, request.split, list(request.templates), request.per_class
+            ),
+        )
+        return scorer_pb2.EvaluateEnsembleResponse(
+            score=_score(result.scores[0]), class_names=result.class_names
+        )
+
+    async def ListDatasets(
+        self, request: scorer_pb2.ListDatasetsRequest, context: grpc.aio.ServicerContext
+    ) -> scorer_pb2.ListDatasetsResponse:
+        """Every registered dataset."""
+        datasets = sorted(self.engine.datasets.values(), key=lambda d: d.id)
+        return scorer_pb2.ListDatasetsResponse(datasets=[dataset_message(d) for d in datasets])
+
+    async def RegisterDataset(
+        self, request: scorer_pb2.RegisterDatasetRequest, context: grpc.aio.ServicerContext
+    ) -> scorer_pb2.RegisterDatasetResponse:
+        """Register a dataset; features are computed in a thread so other calls go on."""
+
+        async def work() -> FewShotSet:
+            spec = spec_of(request)
+            return await asyncio.to_thread(self.engine.register, spec)
+
+        dataset = await self._call(context, work)
+        return scorer_pb2.RegisterDatasetResponse(dataset=dataset_message(dataset))
+
+    async def GetModelInfo(
+        self, request: scorer_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> scorer_pb2.GetModelInfoResponse:
+        """The loaded model."""
+
+        async def work() -> eng.ModelInfo:
+            return self.engine.model_info()
+
+        info = await self._call(context, work)
+        return scorer_pb2.GetModelInfoResponse(
+            model_name=info.model_name,
+            pretrained=info.pretrained,
+            device=info.device,
+            precision=info.precision,
+            context_length=info.context_length,
+            embed_dim=info.embed_dim,
+            text_truncation_exact=info.text_truncation_exact,
+            max_templates_per_request=self.engine.settings.max_templates_per_request,
+        )
+
+
+def register(server: grpc.aio.Server, engine: eng.ScoringEngine) -> None:
+    """Add the scorer service to ``server``."""
+    scorer_pb2_grpc.add_ScorerServiceServicer_to_server(ScorerServicer(engine), server)

@@ -1,0 +1,133 @@
+"""The scorer service in process: readiness, a full queue, runtime registration."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from promptclimb.api.v1 import scorer_pb2, scorer_pb2_grpc
+from promptclimb.common.errors import retry_delay_of
+from promptclimb.common.server import ServiceServer
+from services.scorer.datasets import parse_dataset_spec
+from services.scorer.engine import ScoringEngine
+from services.scorer.servicer import SERVICE_NAME, register
+from services.scorer.settings import ScorerSettings
+from tests.scorer.conftest import TEMPLATES
+
+
+class Running:
+    def __init__(self, engine: ScoringEngine, server: ServiceServer, channel: grpc.aio.Channel) -> None:
+        self.engine, self.server = engine, server
+        self.stub = scorer_pb2_grpc.ScorerServiceStub(channel)
+        self.health = health_pb2_grpc.HealthStub(channel)
+
+    async def status(self, service: str = "") -> int:
+        return (await self.health.Check(health_pb2.HealthCheckRequest(service=service))).status
+
+
+@pytest.fixture
+async def running(tiny_model: Path, tmp_path: Path) -> AsyncIterator[Running]:
+    settings = ScorerSettings(
+        model=f"local-dir:{tiny_model}",
+        cache_dir=tmp_path,
+        batch_wait_ms=300,
+        max_queue_templates=5,
+        max_templates_per_request=8,
+    )
+    engine = ScoringEngine(settings)
+    server = ServiceServer("scorer", settings, [SERVICE_NAME], lambda s: register(s, engine))
+    port = await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield Running(engine, server, channel)
+    await engine.close()
+    await server.stop(0)
+
+
+def request(templates: list[str], dataset: str = "demo") -> scorer_pb2.EvaluatePromptsRequest:
+    return scorer_pb2.EvaluatePromptsRequest(dataset=dataset, split="test", templates=templates)
+
+
+async def test_unavailable_until_model_and_features_are_ready(running: Running, images: Path) -> None:
+    assert await running.status("") == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert await running.status(SERVICE_NAME) == health_pb2.HealthCheckResponse.NOT_SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as call:
+        await running.stub.EvaluatePrompts(request(["a {}"]))
+    assert call.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(grpc.aio.AioRpcError) as call:
+        await running.stub.GetModelInfo(scorer_pb2.GetModelInfoRequest())
+    assert call.value.code() == grpc.StatusCode.UNAVAILABLE
+    await asyncio.to_thread(running.engine.load_model)
+    await asyncio.to_thread(running.engine.register, parse_dataset_spec(f"demo={images}"))
+    await running.server.set_ready(True)
+    assert await running.status(SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
+    assert (await running.stub.EvaluatePrompts(request(["a {}"]))).scores[0].total == 20
+
+
+async def test_full_queue_is_resource_exhausted_with_retry_info(running: Running, images: Path) -> None:
+    await asyncio.to_thread(running.engine.load_model)
+    await asyncio.to_thread(running.engine.register, parse_dataset_spec(f"demo={images}"))
+    first = asyncio.ensure_future(running.stub.EvaluatePrompts(request(TEMPLATES[:4])))
+    await asyncio.sleep(0.1)  # the first request now waits (300 ms) for others to batch with
+    with pytest.raises(grpc.aio.AioRpcError) as call:
+        await running.stub.EvaluatePrompts(request(TEMPLATES[4:6]))
+    assert call.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    delay = retry_delay_of(call.value)
+    assert delay is not None and delay > 0
+    assert [s.total for s in (await first).scores] == [20] * 4
+    await asyncio.sleep(delay)
+    assert (await running.stub.EvaluatePrompts(request(TEMPLATES[4:6]))).scores[1].total == 20
+
+
+async def test_register_dataset_at_run_time(running: Running, images: Path, tmp_path: Path) -> None:
+    await asyncio.to_thread(running.engine.load_model)
+    registered = await running.stub.RegisterDataset(
+        scorer_pb2.RegisterDatasetRequest(
+            id="pics", image_folder=scorer_pb2.ImageFolderSource(path=str(images))
+        )
+    )
+    assert registered.dataset.ready and len(registered.dataset.class_names) == 5
+    again = await running.stub.RegisterDataset(
+        scorer_pb2.RegisterDatasetRequest(
+            id="pics", image_folder=scorer_pb2.ImageFolderSource(path=str(images))
+        )
+    )
+    assert again.dataset.id == "pics"  # idempotent for the same source
+
+    arrays = tmp_path / "a.npz"
+    rng = np.random.default_rng(0)
+    np.savez(
+        arrays,
+        test_images=rng.integers(0, 255, (6, 28, 28), dtype=np.uint8),
+        test_labels=np.array([0, 1, 2, 0, 1, 2]),
+        class_names=np.array(["t-shirt", "trouser", "bag"]),
+    )
+    npz = await running.stub.RegisterDataset(
+        scorer_pb2.RegisterDatasetRequest(id="fm", array=scorer_pb2.ArraySource(path=str(arrays)))
+    )
+    assert [s.num_images for s in npz.dataset.splits] == [6]
+    scored = await running.stub.EvaluatePrompts(request(["a photo of a {}."], dataset="fm"))
+    assert scored.scores[0].total == 6
+
+    with pytest.raises(grpc.aio.AioRpcError) as call:
+        await running.stub.RegisterDataset(
+            scorer_pb2.RegisterDatasetRequest(
+                id="x", image_folder=scorer_pb2.ImageFolderSource(path="/no/such")
+            )
+        )
+    assert call.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as call:
+        await running.stub.RegisterDataset(
+            scorer_pb2.RegisterDatasetRequest(id="pics", array=scorer_pb2.ArraySource(path=str(arrays)))
+        )
+    assert call.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    with pytest.raises(grpc.aio.AioRpcError) as call:
+        await running.stub.RegisterDataset(scorer_pb2.RegisterDatasetRequest(id="y"))
+    assert call.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    listed = await running.stub.ListDatasets(scorer_pb2.ListDatasetsRequest())
+    assert [d.id for d in listed.datasets] == ["fm", "pics"]
