@@ -1,0 +1,189 @@
+"""A small async client of the coordinator, for scripts and other services.
+
+Results are the generated, typed proto messages (``promptclimb.api.v1.coordinator_pb2.Search``,
+with ``.pyi`` stubs for editors and mypy): ``search.state``, ``search.best.template``,
+``search.result.best_evaluation_accuracy``, ``search.history``… Errors are
+``grpc.aio.AioRpcError`` with the server's status code (NOT_FOUND, INVALID_ARGUMENT…).
+
+Example::
+
+    import asyncio
+    from promptclimb.client import CoordinatorClient
+
+    async def main() -> None:
+        async with CoordinatorClient("127.0.0.1:50050") as client:
+            search = await client.start(dataset="pets", restarts=2, iterations=3, request_id="demo-1")
+            async for event, snapshot in client.watch(search.name):
+                print(event, snapshot.iteration, snapshot.best.accuracy)
+            done = await client.get(search.name)
+            print(done.best.template, done.result.best_evaluation_accuracy)
+
+    asyncio.run(main())
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.protobuf import duration_pb2
+
+from promptclimb.api.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from promptclimb.common.channels import open_channel
+
+STRATEGIES = {
+    "conversation": common_pb2.STRATEGY_CONVERSATION,
+    "contrast": common_pb2.STRATEGY_CONTRAST,
+    "trajectory": common_pb2.STRATEGY_TRAJECTORY,
+}
+STATES = {
+    "pending": coordinator_pb2.SEARCH_STATE_PENDING,
+    "running": coordinator_pb2.SEARCH_STATE_RUNNING,
+    "succeeded": coordinator_pb2.SEARCH_STATE_SUCCEEDED,
+    "failed": coordinator_pb2.SEARCH_STATE_FAILED,
+    "cancelled": coordinator_pb2.SEARCH_STATE_CANCELLED,
+}
+TERMINAL = frozenset({STATES["succeeded"], STATES["failed"], STATES["cancelled"]})
+
+
+def make_spec(
+    dataset: str,
+    *,
+    selection_split: str = "",
+    evaluation_split: str = "",
+    strategy: str = "contrast",
+    best_k: int = 0,
+    worst_k: int = 0,
+    temperature: float | None = None,
+    pool: str | None = None,
+    templates: list[str] | None = None,
+    llm_starters: int = 0,
+    restarts: int = 0,
+    iterations: int = 0,
+    templates_per_iteration: int = 0,
+    max_llm_calls: int = 0,
+    max_tokens: int = 0,
+    max_evaluations: int = 0,
+    max_duration_seconds: float = 0.0,
+    seed: int = 0,
+    task_description: str = "",
+    ensemble_k: int = 0,
+    display_name: str = "",
+) -> coordinator_pb2.SearchSpec:
+    """A ``SearchSpec`` from keyword arguments; 0 / empty leave the server's default."""
+    spec = coordinator_pb2.SearchSpec(
+        dataset=dataset,
+        selection_split=selection_split,
+        evaluation_split=evaluation_split,
+        strategy=STRATEGIES[strategy],
+        best_k=best_k,
+        worst_k=worst_k,
+        restarts=restarts,
+        iterations=iterations,
+        templates_per_iteration=templates_per_iteration,
+        seed=seed,
+        task_description=task_description,
+        ensemble_k=ensemble_k,
+        display_name=display_name,
+        budget=coordinator_pb2.Budget(
+            max_llm_calls=max_llm_calls,
+            max_tokens=max_tokens,
+            max_evaluations=max_evaluations,
+            max_duration=duration_pb2.Duration(
+                seconds=int(max_duration_seconds), nanos=int((max_duration_seconds % 1) * 1e9)
+            ),
+        ),
+    )
+    if temperature is not None:
+        spec.temperature = temperature
+    if templates:
+        spec.initial_pool.templates.templates.extend(templates)
+    elif llm_starters:
+        spec.initial_pool.llm_starters = llm_starters
+    elif pool:
+        spec.initial_pool.named_pool = pool
+    return spec
+
+
+def event_name(event: int) -> str:
+    """``"snapshot"``, ``"iteration_done"``… from a ``SearchEventType`` value."""
+    return coordinator_pb2.SearchEventType.Name(event).removeprefix("SEARCH_EVENT_TYPE_").lower()
+
+
+class CoordinatorClient:
+    """Async client of ``CoordinatorService``; use as ``async with`` or call :meth:`close`."""
+
+    def __init__(self, target: str, *, timeout: float = 30.0) -> None:
+        self.channel = open_channel(target)
+        self.stub = coordinator_pb2_grpc.CoordinatorServiceStub(self.channel)
+        self.timeout = timeout
+
+    async def __aenter__(self) -> CoordinatorClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self.channel.close()
+
+    async def start(
+        self, spec: coordinator_pb2.SearchSpec | None = None, *, request_id: str | None = None, **kwargs: Any
+    ) -> coordinator_pb2.Search:
+        """Start a search from ``spec`` or from :func:`make_spec` keyword arguments.
+
+        A retried call with the same ``request_id`` returns the same search (one is generated when
+        omitted, so pass your own to make retries across processes safe).
+        """
+        if spec is None:
+            spec = make_spec(**kwargs)
+        request = coordinator_pb2.StartSearchRequest(spec=spec, request_id=request_id or uuid.uuid4().hex)
+        return (await self.stub.StartSearch(request, timeout=self.timeout)).search
+
+    async def get(self, name: str, *, full: bool = True) -> coordinator_pb2.Search:
+        """One search (``searches/ID`` or the bare id); ``full`` includes the scored history."""
+        view = coordinator_pb2.SEARCH_VIEW_FULL if full else coordinator_pb2.SEARCH_VIEW_BASIC
+        request = coordinator_pb2.GetSearchRequest(name=name, view=view)
+        return (await self.stub.GetSearch(request, timeout=self.timeout)).search
+
+    async def watch(
+        self, name: str, *, full: bool = False
+    ) -> AsyncIterator[tuple[str, coordinator_pb2.Search]]:
+        """``(event, snapshot)`` pairs: the snapshot first, then every change until the search ends."""
+        view = coordinator_pb2.SEARCH_VIEW_FULL if full else coordinator_pb2.SEARCH_VIEW_BASIC
+        call = self.stub.WatchSearch(coordinator_pb2.WatchSearchRequest(name=name, view=view))
+        try:
+            async for message in call:
+                yield event_name(message.event), message.search
+        finally:
+            call.cancel()
+
+    async def cancel(self, name: str) -> coordinator_pb2.Search:
+        """Cancel a running search (FAILED_PRECONDITION if it already ended)."""
+        request = coordinator_pb2.CancelSearchRequest(name=name)
+        return (await self.stub.CancelSearch(request, timeout=self.timeout)).search
+
+    async def list(self, *, state: str | None = None, page_size: int = 50) -> list[coordinator_pb2.Search]:
+        """Every search (newest first, BASIC view), following pages; ``state`` e.g. ``"running"``."""
+        out: list[coordinator_pb2.Search] = []
+        token = ""
+        while True:
+            request = coordinator_pb2.ListSearchesRequest(
+                page_size=page_size,
+                page_token=token,
+                state=STATES[state] if state else coordinator_pb2.SEARCH_STATE_UNSPECIFIED,
+            )
+            reply = await self.stub.ListSearches(request, timeout=self.timeout)
+            out.extend(reply.searches)
+            token = reply.next_page_token
+            if not token:
+                return out
+
+    async def wait(self, name: str) -> coordinator_pb2.Search:
+        """Block until the search ends; returns it in the FULL view."""
+        async for _event, snapshot in self.watch(name):
+            if snapshot.state in TERMINAL:
+                break
+        return await self.get(name)

@@ -1,0 +1,207 @@
+"""gRPC adapters of the search's ports: the scorer fan-out and the optimizer client.
+
+One aio channel per target (``round_robin`` over a comma list or a ``dns:///`` name, so several
+scorers share the load); templates go out in chunks, concurrently under a semaphore; every call
+has a deadline; UNAVAILABLE and RESOURCE_EXHAUSTED are retried with backoff (honouring the
+server's RetryInfo), every other code fails the step at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+
+from promptclimb.api.v1 import common_pb2, optimizer_pb2, optimizer_pb2_grpc, scorer_pb2, scorer_pb2_grpc
+from promptclimb.common.channels import open_channel
+from promptclimb.common.errors import retry_delay_of
+from services.coordinator import metrics
+from services.coordinator.search import Proposal, ProposalRequest, Score, SearchFailed, Strategy
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+T = TypeVar("T")
+
+_STRATEGY = {
+    Strategy.CONVERSATION: common_pb2.STRATEGY_CONVERSATION,
+    Strategy.CONTRAST: common_pb2.STRATEGY_CONTRAST,
+    Strategy.TRAJECTORY: common_pb2.STRATEGY_TRAJECTORY,
+}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a call is retried."""
+
+    max_attempts: int = 6
+    backoff_seconds: float = 0.2
+    max_backoff_seconds: float = 5.0
+
+    async def call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn`` with retries; a final failure becomes :class:`SearchFailed`."""
+        delay = self.backoff_seconds
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return await fn()
+            except grpc.aio.AioRpcError as err:
+                code = err.code()
+                if code not in RETRYABLE or attempt == self.max_attempts:
+                    raise SearchFailed(code.name, f"{what}: {code.name}: {err.details()}") from err
+                if what.startswith("scorer"):
+                    metrics.SCORER_RETRIES.labels(code.name).inc()
+                hinted = retry_delay_of(err)
+                wait = hinted if hinted is not None else delay * (0.5 + random.random())  # jitter
+                log.warning(
+                    "retrying",
+                    extra={
+                        "call": what,
+                        "code": code.name,
+                        "attempt": attempt,
+                        "delay_seconds": round(wait, 3),
+                    },
+                )
+                await asyncio.sleep(min(wait, self.max_backoff_seconds * 4))
+                delay = min(delay * 2, self.max_backoff_seconds)
+        raise AssertionError("unreachable")
+
+
+class GrpcScorer:
+    """The :class:`~services.coordinator.search.TemplateScorer` port over ScorerService."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        chunk_size: int = 16,
+        max_concurrent_chunks: int = 4,
+        deadline_seconds: float = 60.0,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.channel = open_channel(target)
+        self.stub = scorer_pb2_grpc.ScorerServiceStub(self.channel)
+        self.chunk_size = chunk_size
+        self.deadline = deadline_seconds
+        self.retry = retry or RetryPolicy()
+        self._chunks = asyncio.Semaphore(max_concurrent_chunks)
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self.channel.close()
+
+    async def class_names(self, dataset: str) -> list[str]:
+        """Class names from ListDatasets; an unknown id fails the search with NOT_FOUND."""
+        reply = await self.retry.call(
+            "scorer ListDatasets",
+            lambda: self.stub.ListDatasets(scorer_pb2.ListDatasetsRequest(), timeout=self.deadline),
+        )
+        for d in reply.datasets:
+            if d.id == dataset:
+                return list(d.class_names)
+        known = ", ".join(sorted(d.id for d in reply.datasets)) or "none"
+        raise SearchFailed(
+            "NOT_FOUND", f"dataset {dataset!r} is not registered on the scorer (known: {known})"
+        )
+
+    async def score(
+        self,
+        dataset: str,
+        split: str,
+        templates: Sequence[str],
+        on_chunk: Callable[[list[Score]], Awaitable[None]],
+    ) -> list[Score]:
+        """Score in chunks, concurrently; each chunk is checkpointed through ``on_chunk``."""
+        chunks = [list(templates[i : i + self.chunk_size]) for i in range(0, len(templates), self.chunk_size)]
+
+        async def one(chunk: list[str]) -> list[Score]:
+            async with self._chunks:
+                request = scorer_pb2.EvaluatePromptsRequest(dataset=dataset, split=split, templates=chunk)
+                reply = await self.retry.call(
+                    "scorer EvaluatePrompts",
+                    lambda: self.stub.EvaluatePrompts(request, timeout=self.deadline),
+                )
+            scores = [
+                Score(
+                    s.template or t,
+                    s.accuracy,
+                    s.correct,
+                    s.total,
+                    s.error.message or "rejected" if s.HasField("error") and s.error.code else None,
+                )
+                for s, t in zip(reply.scores, chunk, strict=False)
+            ]
+            metrics.EVALUATIONS.inc(len(scores))
+            await on_chunk(scores)
+            return scores
+
+        results = await asyncio.gather(*(one(c) for c in chunks))
+        return [s for chunk in results for s in chunk]
+
+    async def ensemble_accuracy(self, dataset: str, split: str, templates: Sequence[str]) -> float:
+        """EvaluateEnsemble of ``templates``."""
+        request = scorer_pb2.EvaluateEnsembleRequest(dataset=dataset, split=split, templates=list(templates))
+        reply = await self.retry.call(
+            "scorer EvaluateEnsemble", lambda: self.stub.EvaluateEnsemble(request, timeout=self.deadline)
+        )
+        return reply.score.accuracy
+
+
+class GrpcProposer:
+    """The :class:`~services.coordinator.search.TemplateProposer` port over OptimizerService."""
+
+    def __init__(
+        self, target: str, *, deadline_seconds: float = 180.0, retry: RetryPolicy | None = None
+    ) -> None:
+        self.channel = open_channel(target)
+        self.stub = optimizer_pb2_grpc.OptimizerServiceStub(self.channel)
+        self.deadline = deadline_seconds
+        self.retry = retry or RetryPolicy()
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self.channel.close()
+
+    async def propose(self, request: ProposalRequest) -> Proposal:
+        """One ProposePrompts call."""
+        message = optimizer_pb2.ProposePromptsRequest(
+            task_description=request.task_description,
+            class_names=list(request.class_names),
+            history=[
+                common_pb2.ScoredTemplate(
+                    template=t.template,
+                    accuracy=t.accuracy,
+                    correct=t.correct,
+                    total=t.total,
+                    restart=t.restart,
+                    iteration=t.iteration,
+                    origin=t.origin,
+                )
+                for t in request.history
+            ],
+            strategy=_STRATEGY[request.strategy],
+            best_k=request.best_k,
+            worst_k=request.worst_k,
+            num_templates=request.num_templates,
+            conversation=[common_pb2.ChatMessage(role=r, content=c) for r, c in request.conversation],
+        )
+        if request.temperature is not None:
+            message.temperature = request.temperature
+        if request.seed is not None:
+            message.seed = request.seed
+        reply = await self.retry.call(
+            "optimizer ProposePrompts", lambda: self.stub.ProposePrompts(message, timeout=self.deadline)
+        )
+        metrics.LLM_TOKENS.labels("prompt").inc(reply.usage.prompt_tokens)
+        metrics.LLM_TOKENS.labels("completion").inc(reply.usage.completion_tokens)
+        return Proposal(
+            templates=tuple(reply.templates),
+            llm_calls=max(1, reply.usage.llm_calls),
+            prompt_tokens=reply.usage.prompt_tokens,
+            completion_tokens=reply.usage.completion_tokens,
+            conversation=tuple((m.role, m.content) for m in reply.conversation),
+        )

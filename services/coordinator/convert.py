@@ -1,0 +1,244 @@
+"""Conversions between the coordinator's protos and its domain types, with spec validation."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from promptclimb.api.v1 import common_pb2, coordinator_pb2
+from promptclimb.common.errors import ServiceError
+from services.coordinator.pools import NAMED_POOLS
+from services.coordinator.search import Budget, ScoredTemplate, SearchConfig, Strategy
+from services.coordinator.store import SearchRecord
+
+_STRATEGY = {
+    common_pb2.STRATEGY_UNSPECIFIED: Strategy.CONTRAST,
+    common_pb2.STRATEGY_CONVERSATION: Strategy.CONVERSATION,
+    common_pb2.STRATEGY_CONTRAST: Strategy.CONTRAST,
+    common_pb2.STRATEGY_TRAJECTORY: Strategy.TRAJECTORY,
+}
+STRATEGY_TO_PROTO = {v: k for k, v in _STRATEGY.items() if k != common_pb2.STRATEGY_UNSPECIFIED}
+STATE_TO_PROTO = {
+    "PENDING": coordinator_pb2.SEARCH_STATE_PENDING,
+    "RUNNING": coordinator_pb2.SEARCH_STATE_RUNNING,
+    "SUCCEEDED": coordinator_pb2.SEARCH_STATE_SUCCEEDED,
+    "FAILED": coordinator_pb2.SEARCH_STATE_FAILED,
+    "CANCELLED": coordinator_pb2.SEARCH_STATE_CANCELLED,
+}
+STATE_FROM_PROTO = {v: k for k, v in STATE_TO_PROTO.items()}
+PHASE_TO_PROTO = {
+    "seeding": coordinator_pb2.SEARCH_PHASE_SEEDING,
+    "proposing": coordinator_pb2.SEARCH_PHASE_PROPOSING,
+    "scoring": coordinator_pb2.SEARCH_PHASE_SCORING,
+    "evaluating": coordinator_pb2.SEARCH_PHASE_EVALUATING,
+    "done": coordinator_pb2.SEARCH_PHASE_DONE,
+}
+EVENT_TO_PROTO = {
+    "snapshot": coordinator_pb2.SEARCH_EVENT_TYPE_SNAPSHOT,
+    "state_changed": coordinator_pb2.SEARCH_EVENT_TYPE_STATE_CHANGED,
+    "phase_changed": coordinator_pb2.SEARCH_EVENT_TYPE_PHASE_CHANGED,
+    "iteration_done": coordinator_pb2.SEARCH_EVENT_TYPE_ITERATION_DONE,
+    "new_best": coordinator_pb2.SEARCH_EVENT_TYPE_NEW_BEST,
+}
+MAX_TEMPLATE_CHARS = 1000
+NAME_PREFIX = "searches/"
+
+
+def config_from_spec(spec: coordinator_pb2.SearchSpec) -> SearchConfig:
+    """Validate a spec and fill defaults; every problem is one BadRequest field violation."""
+    bad: list[tuple[str, str]] = []
+    if not spec.dataset:
+        bad.append(("spec.dataset", "required"))
+    for name in ("restarts", "iterations", "templates_per_iteration", "best_k", "worst_k", "ensemble_k"):
+        if getattr(spec, name) < 0:
+            bad.append((f"spec.{name}", "must not be negative"))
+    if spec.restarts > 100:
+        bad.append(("spec.restarts", "at most 100"))
+    if spec.iterations > 1000:
+        bad.append(("spec.iterations", "at most 1000"))
+    if spec.templates_per_iteration > 100:
+        bad.append(("spec.templates_per_iteration", "at most 100"))
+    if spec.HasField("temperature") and not 0.0 <= spec.temperature <= 2.0:
+        bad.append(("spec.temperature", "must be in [0, 2]"))
+    if spec.strategy not in _STRATEGY:
+        bad.append(("spec.strategy", "unknown strategy"))
+    b = spec.budget
+    for name in ("max_llm_calls", "max_tokens", "max_evaluations"):
+        if getattr(b, name) < 0:
+            bad.append((f"spec.budget.{name}", "must not be negative"))
+    if b.max_duration.seconds < 0 or b.max_duration.nanos < 0:
+        bad.append(("spec.budget.max_duration", "must not be negative"))
+    pool = spec.initial_pool
+    source = pool.WhichOneof("source")
+    named: str | None = None
+    user: tuple[str, ...] = ()
+    starters = 0
+    if source == "named_pool":
+        if pool.named_pool not in NAMED_POOLS:
+            bad.append(
+                ("spec.initial_pool.named_pool", f"unknown pool; known: {', '.join(sorted(NAMED_POOLS))}")
+            )
+        named = pool.named_pool
+    elif source == "templates":
+        user = tuple(pool.templates.templates)
+        if not user:
+            bad.append(("spec.initial_pool.templates", "give at least one template"))
+        for i, t in enumerate(user):
+            if t.count("{}") != 1:
+                bad.append((f"spec.initial_pool.templates[{i}]", "needs exactly one '{}' class-name slot"))
+            elif len(t) > MAX_TEMPLATE_CHARS:
+                bad.append(
+                    (f"spec.initial_pool.templates[{i}]", f"longer than {MAX_TEMPLATE_CHARS} characters")
+                )
+    elif source == "llm_starters":
+        starters = pool.llm_starters
+        if not 1 <= starters <= 100:
+            bad.append(("spec.initial_pool.llm_starters", "must be in [1, 100]"))
+    if bad:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "invalid search spec: " + "; ".join(f"{f}: {d}" for f, d in bad),
+            field_violations=bad,
+        )
+    return SearchConfig(
+        dataset=spec.dataset,
+        selection_split=spec.selection_split or "train",
+        evaluation_split=spec.evaluation_split or "test",
+        strategy=_STRATEGY[spec.strategy],
+        best_k=spec.best_k or 3,
+        worst_k=spec.worst_k or 3,
+        temperature=spec.temperature if spec.HasField("temperature") else None,
+        named_pool=named,
+        user_templates=user,
+        llm_starters=starters,
+        restarts=spec.restarts or 1,
+        iterations=spec.iterations or 10,
+        templates_per_iteration=spec.templates_per_iteration or 1,
+        budget=Budget(
+            max_llm_calls=b.max_llm_calls,
+            max_tokens=b.max_tokens,
+            max_evaluations=b.max_evaluations,
+            max_duration_seconds=b.max_duration.ToNanoseconds() / 1e9,
+        ),
+        seed=spec.seed,
+        task_description=spec.task_description,
+        ensemble_k=spec.ensemble_k or 3,
+        display_name=spec.display_name,
+    )
+
+
+def spec_from_config(c: SearchConfig) -> coordinator_pb2.SearchSpec:
+    """The effective spec (defaults filled in)."""
+    spec = coordinator_pb2.SearchSpec(
+        dataset=c.dataset,
+        selection_split=c.selection_split,
+        evaluation_split=c.evaluation_split,
+        strategy=STRATEGY_TO_PROTO[c.strategy],
+        best_k=c.best_k,
+        worst_k=c.worst_k,
+        restarts=c.restarts,
+        iterations=c.iterations,
+        templates_per_iteration=c.templates_per_iteration,
+        seed=c.seed,
+        task_description=c.task_description,
+        ensemble_k=c.ensemble_k,
+        display_name=c.display_name,
+        budget=coordinator_pb2.Budget(
+            max_llm_calls=c.budget.max_llm_calls,
+            max_tokens=c.budget.max_tokens,
+            max_evaluations=c.budget.max_evaluations,
+        ),
+    )
+    spec.budget.max_duration.FromNanoseconds(int(c.budget.max_duration_seconds * 1e9))
+    if c.temperature is not None:
+        spec.temperature = c.temperature
+    if c.user_templates:
+        spec.initial_pool.templates.templates.extend(c.user_templates)
+    elif c.llm_starters:
+        spec.initial_pool.llm_starters = c.llm_starters
+    else:
+        spec.initial_pool.named_pool = c.named_pool or "basic"
+    return spec
+
+
+def scored_to_proto(t: ScoredTemplate) -> common_pb2.ScoredTemplate:
+    """Domain -> proto."""
+    return common_pb2.ScoredTemplate(
+        template=t.template,
+        accuracy=t.accuracy,
+        correct=t.correct,
+        total=t.total,
+        restart=t.restart,
+        iteration=t.iteration,
+        origin=t.origin,
+    )
+
+
+def _ts(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    if seconds is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def search_to_proto(r: SearchRecord, *, full: bool) -> coordinator_pb2.Search:
+    """A stored search as the API message (history only in the FULL view)."""
+    p = r.progress
+    s = coordinator_pb2.Search(
+        name=NAME_PREFIX + r.id,
+        id=r.id,
+        spec=spec_from_config(r.config),
+        state=STATE_TO_PROTO[r.state],
+        phase=PHASE_TO_PROTO.get(r.phase, coordinator_pb2.SEARCH_PHASE_UNSPECIFIED),
+        restart=r.restart,
+        iteration=r.iteration,
+        end_reason=p.end_reason,
+        request_id=r.request_id or "",
+        usage=common_pb2.Usage(
+            llm_calls=p.usage.llm_calls,
+            prompt_tokens=p.usage.prompt_tokens,
+            completion_tokens=p.usage.completion_tokens,
+            evaluations=p.usage.evaluations,
+        ),
+    )
+    for field, value in (
+        ("create_time", r.create_time),
+        ("update_time", r.update_time),
+        ("end_time", r.end_time),
+    ):
+        ts = _ts(value)
+        if ts is not None:
+            getattr(s, field).CopyFrom(ts)
+    if r.state == "RUNNING" and r.start_time is not None:
+        s.wall_seconds = r.update_time - r.start_time
+    else:
+        s.wall_seconds = p.wall_seconds
+    if p.error_code:
+        code = getattr(grpc.StatusCode, p.error_code, grpc.StatusCode.UNKNOWN)
+        s.error_code = code.value[0]  # the google.rpc.Code number
+    if p.best is not None:
+        s.best.CopyFrom(scored_to_proto(p.best))
+    if p.result is not None:
+        s.result.best.CopyFrom(scored_to_proto(p.result.best))
+        s.result.best_evaluation_accuracy = p.result.best_evaluation_accuracy
+        s.result.ensemble_templates.extend(p.result.ensemble_templates)
+        s.result.ensemble_evaluation_accuracy = p.result.ensemble_evaluation_accuracy
+    for i in p.iterations:
+        s.iterations.add(
+            restart=i.restart,
+            iteration=i.iteration,
+            best_accuracy=i.best_accuracy,
+            mean_accuracy=i.mean_accuracy,
+            num_templates=i.num_templates,
+            propose_seconds=i.propose_seconds,
+            score_seconds=i.score_seconds,
+        )
+    if full:
+        s.history.extend(scored_to_proto(t) for t in r.history)
+    return s
+
+
+def search_id_of(name: str) -> str:
+    """The id in ``searches/{id}`` (a bare id is accepted too)."""
+    return name[len(NAME_PREFIX) :] if name.startswith(NAME_PREFIX) else name

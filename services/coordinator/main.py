@@ -1,0 +1,90 @@
+"""``promptclimb serve coordinator``: wiring of store, clients, runner and gRPC server."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from promptclimb.common.runner import run_service
+from promptclimb.common.settings import with_overrides
+from services.coordinator.settings import CoordinatorSettings
+
+SERVICE_NAME = "promptclimb.api.v1.CoordinatorService"
+
+
+def add_parsers(commands: Any, services: Any) -> None:
+    """Register ``serve coordinator``."""
+    p = services.add_parser("coordinator", help="run the search coordinator (the public API)")
+    p.add_argument("--scorer", help="scorer target: host:port, a comma list, or dns:///name:port")
+    p.add_argument("--optimizer", help="optimizer target")
+    p.add_argument("--store", help="SQLite file path or SQLAlchemy URL (default promptclimb.db)")
+    p.add_argument("--host", help="interface to bind")
+    p.add_argument("--port", type=int, help="gRPC port (0 = any free, printed)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (0 = any free)")
+    p.add_argument("--lease-seconds", type=float, help="search lease (resume delay after a crash)")
+    p.add_argument("--chunk-size", type=int, help="templates per scorer call")
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = with_overrides(
+        CoordinatorSettings,
+        scorer=args.scorer,
+        optimizer=args.optimizer,
+        store=args.store,
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        lease_seconds=args.lease_seconds,
+        chunk_size=args.chunk_size,
+    )
+    return run_service(settings, lambda: serve(settings))
+
+
+async def serve(settings: CoordinatorSettings) -> None:
+    """Run the coordinator until SIGTERM/SIGINT."""
+    from promptclimb.api.v1 import coordinator_pb2_grpc
+    from promptclimb.common.server import ServiceServer, announce
+    from services.coordinator.clients import GrpcProposer, GrpcScorer, RetryPolicy
+    from services.coordinator.runner import SearchRunner
+    from services.coordinator.servicer import CoordinatorServicer
+    from services.coordinator.store import SearchStore
+
+    retry = RetryPolicy(max_attempts=settings.max_attempts, backoff_seconds=settings.backoff_seconds)
+    store = SearchStore(settings.store)
+    scorer = GrpcScorer(
+        settings.scorer,
+        chunk_size=settings.chunk_size,
+        max_concurrent_chunks=settings.max_concurrent_chunks,
+        deadline_seconds=settings.scorer_deadline_seconds,
+        retry=retry,
+    )
+    proposer = GrpcProposer(
+        settings.optimizer, deadline_seconds=settings.optimizer_deadline_seconds, retry=retry
+    )
+    runner = SearchRunner(
+        store,
+        scorer,
+        proposer,
+        lease_seconds=settings.lease_seconds,
+        max_running=settings.max_running_searches,
+        owner=settings.replica_id,
+    )
+    servicer = CoordinatorServicer(runner)
+    server = ServiceServer(
+        name="coordinator",
+        settings=settings,
+        service_names=[SERVICE_NAME],
+        register=lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s),
+    )
+    port = await server.start()
+    await runner.start()  # resumes unfinished searches whose lease is free
+    await server.set_ready()
+    announce("coordinator", port, server.metrics_port)
+    try:
+        await server.serve_until_stopped()
+    finally:
+        await runner.stop()
+        await scorer.close()
+        await proposer.close()
+        store.close()

@@ -1,0 +1,265 @@
+"""Runs searches as asyncio tasks: leases, checkpoints, resume on start-up, cancellation.
+
+A background loop (every third of the lease) renews this replica's leases, notices
+cancellation requests made on other replicas, and claims every unfinished search whose lease is
+free or expired — which is how a restarted coordinator resumes what it (or a dead peer) was
+running. A search resumes by replaying its journal (see :mod:`services.coordinator.search`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+
+from services.coordinator import metrics
+from services.coordinator.pools import initial_templates
+from services.coordinator.search import (
+    HillClimb,
+    Proposal,
+    Score,
+    SearchConfig,
+    SearchFailed,
+    SearchState,
+    TemplateProposer,
+    TemplateScorer,
+)
+from services.coordinator.store import (
+    CANCELLED,
+    FAILED,
+    SUCCEEDED,
+    SearchRecord,
+    SearchStore,
+)
+from services.coordinator.watch import ITERATION_DONE, NEW_BEST, PHASE_CHANGED, STATE_CHANGED, Broadcaster
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """Another replica took the search over; stop without touching its record."""
+
+
+class StoreJournal:
+    """The search's :class:`~services.coordinator.search.Journal` on the store, plus broadcasts."""
+
+    def __init__(
+        self, store: SearchStore, search_id: str, owner: str, broadcaster: Broadcaster, started_at: float
+    ) -> None:
+        self.store, self.search_id, self.owner = store, search_id, owner
+        self.broadcaster = broadcaster
+        self.started_at = started_at
+        self._scores = store.scores(search_id)
+        self._proposals = store.proposals(search_id)
+        self._best = -1.0
+        self._saved_iterations = 0
+
+    def recorded_score(self, split: str, template: str) -> Score | None:
+        """A score recorded before (this run or an earlier one)."""
+        return self._scores.get((split, template))
+
+    async def record_scores(
+        self, split: str, scores: Sequence[Score], restart: int, iteration: int, origin: str
+    ) -> None:
+        """Persist a chunk of scores."""
+        fresh = [s for s in scores if (split, s.template) not in self._scores]
+        self.store.add_scores(self.search_id, split, fresh, restart, iteration, origin)
+        for s in fresh:
+            self._scores[(split, s.template)] = s
+
+    def recorded_proposal(self, key: str) -> Proposal | None:
+        """An LLM reply recorded before."""
+        return self._proposals.get(key)
+
+    async def record_proposal(self, key: str, proposal: Proposal) -> None:
+        """Persist an LLM reply."""
+        self.store.add_proposal(self.search_id, key, proposal)
+        self._proposals[key] = proposal
+
+    async def checkpoint(self, state: SearchState, event: str) -> None:
+        """Save progress (fenced on our lease) and tell watchers what changed."""
+        if not self.store.save_progress(self.search_id, self.owner, state, time.time() - self.started_at):
+            raise LeaseLost(self.search_id)
+        events = [PHASE_CHANGED]
+        if event == "iteration":
+            events = [ITERATION_DONE]
+            summary = state.iterations[-1] if state.iterations else None
+            if summary is not None and len(state.iterations) > self._saved_iterations:
+                self._saved_iterations = len(state.iterations)
+                if summary.iteration > 0 or summary.restart > 0:
+                    iteration_phase = ("propose", summary.propose_seconds), ("score", summary.score_seconds)
+                    for phase, seconds in iteration_phase:
+                        metrics.ITERATION_SECONDS.labels(phase).observe(seconds)
+            best = state.best
+            if best is not None and best.accuracy > self._best:
+                if self._best >= 0:
+                    events.append(NEW_BEST)
+                self._best = best.accuracy
+        self.broadcaster.publish(
+            self.search_id, events, lambda full: self.store.get(self.search_id, with_history=full)
+        )
+
+
+class SearchRunner:
+    """Owns the searches this replica runs."""
+
+    def __init__(
+        self,
+        store: SearchStore,
+        scorer: TemplateScorer,
+        proposer: TemplateProposer,
+        *,
+        broadcaster: Broadcaster | None = None,
+        lease_seconds: float = 30.0,
+        max_running: int = 8,
+        owner: str | None = None,
+    ) -> None:
+        self.store, self.scorer, self.proposer = store, scorer, proposer
+        self.broadcaster = broadcaster or Broadcaster()
+        self.lease_seconds = lease_seconds
+        self.max_running = max_running
+        self.owner = owner or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Begin claiming (and so resuming) unfinished searches."""
+        self._loop_task = asyncio.create_task(self._maintain(), name="search-leases")
+
+    async def stop(self) -> None:
+        """Stop running searches without ending them: their leases are released for a peer."""
+        self._stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        for task in list(self.tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+    # ---- API operations ------------------------------------------------------------------------
+
+    def submit(self, config: SearchConfig, request_id: str | None) -> tuple[SearchRecord, bool]:
+        """Create (or find, by request id) a search; a new one is claimed at once."""
+        record, created = self.store.create(config, request_id)
+        if created:
+            self._claim(record.id)
+        return record, created
+
+    async def cancel(self, search_id: str) -> SearchRecord | None:
+        """Cancel promptly: the local task is cancelled (in-flight calls with it) and awaited."""
+        self.store.request_cancel(search_id)
+        task = self.tasks.get(search_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        else:
+            record = self.store.get(search_id)
+            if (
+                record is not None
+                and not record.done
+                and (record.lease_owner is None or (record.lease_expires or 0) < time.time())
+            ):
+                self._finish(search_id, None, CANCELLED, "cancelled")
+            # else: the owning replica sees the flag at its next lease renewal.
+        return self.store.get(search_id)
+
+    # ---- internals -----------------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        while True:
+            try:
+                held = self.store.renew(self.owner, list(self.tasks), self.lease_seconds)
+                for sid, task in list(self.tasks.items()):
+                    if sid not in held or held[sid]:  # lost the lease, or cancelled elsewhere
+                        task.cancel()
+                for sid in self.store.claimable():
+                    if len(self.tasks) >= self.max_running:
+                        break
+                    self._claim(sid)
+            except Exception:  # a store hiccup must not end the loop
+                log.exception("lease maintenance failed")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.lease_seconds / 3)
+            except TimeoutError:
+                pass
+
+    def _claim(self, search_id: str) -> None:
+        if search_id in self.tasks or self._stopping or len(self.tasks) >= self.max_running:
+            return
+        if not self.store.try_acquire(search_id, self.owner, self.lease_seconds):
+            return
+        self.tasks[search_id] = asyncio.create_task(self._run(search_id), name=f"search-{search_id}")
+
+    async def _run(self, search_id: str) -> None:
+        metrics.RUNNING.inc()
+        state: SearchState | None = None
+        try:
+            record = self.store.get(search_id)
+            if record is None or record.done:
+                return
+            if record.cancel_requested:
+                self._finish(search_id, self.owner, CANCELLED, "cancelled")
+                return
+            if not self.store.mark_running(search_id, self.owner):
+                return
+            record = self.store.get(search_id)
+            assert record is not None and record.start_time is not None
+            self._publish(search_id, [STATE_CHANGED])
+            journal = StoreJournal(self.store, search_id, self.owner, self.broadcaster, record.start_time)
+            state = SearchState(record.config)
+            log.info("search running", extra={"search": search_id, "resumed": bool(journal._scores)})
+            climb = HillClimb(
+                state, self.scorer, self.proposer, journal, initial_templates, started_at=record.start_time
+            )
+            await climb.run()
+            self._finish(search_id, self.owner, SUCCEEDED, state.end_reason, state=state)
+        except asyncio.CancelledError:
+            if self._stopping:
+                self.store.release(search_id, self.owner)  # a peer (or our restart) resumes it
+            else:
+                self._finish(search_id, self.owner, CANCELLED, "cancelled", state=state)
+        except LeaseLost:
+            log.warning("lease lost; another replica runs the search", extra={"search": search_id})
+        except SearchFailed as err:
+            self._finish(search_id, self.owner, FAILED, err.message, code=err.code, state=state)
+        except Exception as err:
+            log.exception("search crashed", extra={"search": search_id})
+            self._finish(
+                search_id, self.owner, FAILED, f"internal error: {err}", code="INTERNAL", state=state
+            )
+        finally:
+            metrics.RUNNING.dec()
+            self.tasks.pop(search_id, None)
+            self._wake.set()  # a slot is free: claim the next waiting search
+
+    def _finish(
+        self,
+        search_id: str,
+        owner: str | None,
+        outcome: str,
+        reason: str,
+        *,
+        code: str = "",
+        state: SearchState | None = None,
+    ) -> None:
+        if self.store.finish(
+            search_id, owner, outcome, end_reason=reason, error_code=code, progress_state=state
+        ):
+            metrics.SEARCHES.labels(outcome.lower()).inc()
+            record = self.store.get(search_id)
+            if record is not None:
+                metrics.SEARCH_SECONDS.observe(record.progress.wall_seconds)
+            log.info("search ended", extra={"search": search_id, "state": outcome, "reason": reason})
+        self._publish(search_id, [STATE_CHANGED])
+
+    def _publish(self, search_id: str, events: list[str]) -> None:
+        self.broadcaster.publish(search_id, events, lambda full: self.store.get(search_id, with_history=full))

@@ -1,0 +1,521 @@
+"""The paper's hill-climbing prompt search as a pure, resumable algorithm.
+
+No gRPC and no database here: the search talks to the world through three ports —
+:class:`TemplateScorer` (the CLIP scorer), :class:`TemplateProposer` (the LLM optimizer) and
+:class:`Journal` (durable records). Durability works by *replay*: the algorithm is deterministic
+given the recorded LLM replies and scores, so a resumed search runs from the start again, takes
+every recorded proposal and score from the journal instead of calling out, and continues live
+from the first step that was never recorded. No scored template is lost and no recorded LLM
+reply is asked for again.
+
+Shape of a search::
+
+    seeding:   pool templates (named, user or LLM starters) scored on the selection split
+    for restart r in 0..restarts-1:          (the LLM conversation starts afresh)
+        for iteration i in 1..iterations:
+            proposing: best-k / worst-k (or the whole history) -> LLM -> new templates
+            scoring:   new templates scored on the selection split, added to the shared pool
+    evaluating: the best template scored ONCE on the evaluation split, plus the top-k ensemble
+
+The pool is shared across restarts (the LLM always sees everything scored so far); a restart
+only resets the conversation, which is what keeps a long chat from drifting.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class Strategy(StrEnum):
+    """How the optimizer asks the LLM (see the optimizer service)."""
+
+    CONVERSATION = "conversation"
+    CONTRAST = "contrast"
+    TRAJECTORY = "trajectory"
+
+
+class Phase(StrEnum):
+    """Where a running search is."""
+
+    SEEDING = "seeding"
+    PROPOSING = "proposing"
+    SCORING = "scoring"
+    EVALUATING = "evaluating"
+    DONE = "done"
+
+
+class SearchFailed(Exception):
+    """A step could not be completed (after retries); the search ends FAILED with ``code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code  # a grpc.StatusCode name, e.g. "UNAVAILABLE", "NOT_FOUND"
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits on one search; 0 means unlimited."""
+
+    max_llm_calls: int = 0
+    max_tokens: int = 0
+    max_evaluations: int = 0  # templates scored on the selection split during the search
+    max_duration_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """A validated search specification (the domain twin of the proto ``SearchSpec``)."""
+
+    dataset: str
+    selection_split: str = "train"
+    evaluation_split: str = "test"
+    strategy: Strategy = Strategy.CONTRAST
+    best_k: int = 3
+    worst_k: int = 3
+    temperature: float | None = None
+    named_pool: str | None = None
+    user_templates: tuple[str, ...] = ()
+    llm_starters: int = 0
+    restarts: int = 1
+    iterations: int = 10
+    templates_per_iteration: int = 1
+    budget: Budget = Budget()
+    seed: int = 0
+    task_description: str = ""
+    ensemble_k: int = 3
+    display_name: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (stored with the search)."""
+        d = asdict(self)
+        d["strategy"] = self.strategy.value
+        d["user_templates"] = list(self.user_templates)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SearchConfig:
+        """Inverse of :meth:`to_json`."""
+        d = dict(d)
+        d["strategy"] = Strategy(d["strategy"])
+        d["user_templates"] = tuple(d.get("user_templates", ()))
+        d["budget"] = Budget(**d.get("budget", {}))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Score:
+    """What the scorer said about one template on one split."""
+
+    template: str
+    accuracy: float = 0.0
+    correct: int = 0
+    total: int = 0
+    error: str | None = None  # set when the scorer rejected this template
+
+
+@dataclass(frozen=True)
+class ScoredTemplate:
+    """A template in the pool, with where it came from."""
+
+    template: str
+    accuracy: float
+    correct: int
+    total: int
+    restart: int
+    iteration: int
+    origin: str  # "pool", "user", "llm"
+
+
+@dataclass(frozen=True)
+class ProposalRequest:
+    """What the optimizer needs for one call (it is stateless)."""
+
+    task_description: str
+    class_names: tuple[str, ...]
+    history: tuple[ScoredTemplate, ...]
+    strategy: Strategy
+    best_k: int
+    worst_k: int
+    num_templates: int
+    temperature: float | None
+    conversation: tuple[tuple[str, str], ...]
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One recorded optimizer reply."""
+
+    templates: tuple[str, ...]
+    llm_calls: int = 1
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    conversation: tuple[tuple[str, str], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (the journal stores it)."""
+        return {
+            "templates": list(self.templates),
+            "llm_calls": self.llm_calls,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "conversation": [list(m) for m in self.conversation],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Proposal:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            templates=tuple(d["templates"]),
+            llm_calls=int(d.get("llm_calls", 1)),
+            prompt_tokens=int(d.get("prompt_tokens", 0)),
+            completion_tokens=int(d.get("completion_tokens", 0)),
+            conversation=tuple((str(r), str(c)) for r, c in d.get("conversation", ())),
+        )
+
+
+@dataclass
+class IterationSummary:
+    """Best and mean selection accuracy of the pool after one iteration."""
+
+    restart: int
+    iteration: int
+    best_accuracy: float
+    mean_accuracy: float
+    num_templates: int
+    propose_seconds: float = 0.0
+    score_seconds: float = 0.0
+
+
+@dataclass
+class Usage:
+    """Totals spent by a search."""
+
+    llm_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    evaluations: int = 0  # every template scored, any split
+    search_evaluations: int = 0  # selection-split scores inside the loop (what the budget bounds)
+
+    @property
+    def tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class SearchResult:
+    """The outcome of a finished search."""
+
+    best: ScoredTemplate
+    best_evaluation_accuracy: float
+    ensemble_templates: tuple[str, ...]
+    ensemble_evaluation_accuracy: float
+
+
+@dataclass
+class SearchState:
+    """Everything known about a running search; rebuilt by replay on resume."""
+
+    config: SearchConfig
+    phase: Phase = Phase.SEEDING
+    restart: int = 0
+    iteration: int = 0
+    history: list[ScoredTemplate] = field(default_factory=list)
+    iterations: list[IterationSummary] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    result: SearchResult | None = None
+    end_reason: str = ""
+
+    @property
+    def best(self) -> ScoredTemplate | None:
+        """Best by selection accuracy; the earliest wins a tie (stable under replay)."""
+        best: ScoredTemplate | None = None
+        for t in self.history:
+            if best is None or t.accuracy > best.accuracy:
+                best = t
+        return best
+
+    def top(self, k: int) -> list[ScoredTemplate]:
+        """The k best templates, best first (ties: earliest first)."""
+        order = sorted(enumerate(self.history), key=lambda p: (-p[1].accuracy, p[0]))
+        return [t for _, t in order[:k]]
+
+    def known(self) -> set[str]:
+        """Templates already in the pool."""
+        return {t.template for t in self.history}
+
+
+# ---- ports -------------------------------------------------------------------------------------
+
+
+class TemplateScorer(Protocol):
+    """The CLIP scorer, as the search sees it."""
+
+    async def class_names(self, dataset: str) -> list[str]:
+        """Class names of a dataset; raises :class:`SearchFailed` ("NOT_FOUND") when unknown."""
+        ...
+
+    async def score(
+        self,
+        dataset: str,
+        split: str,
+        templates: Sequence[str],
+        on_chunk: Callable[[list[Score]], Awaitable[None]],
+    ) -> list[Score]:
+        """Score templates; ``on_chunk`` is awaited as each chunk's scores arrive (to checkpoint)."""
+        ...
+
+    async def ensemble_accuracy(self, dataset: str, split: str, templates: Sequence[str]) -> float:
+        """Accuracy of the ensemble of ``templates``."""
+        ...
+
+
+class TemplateProposer(Protocol):
+    """The LLM optimizer, as the search sees it."""
+
+    async def propose(self, request: ProposalRequest) -> Proposal:
+        """Ask for new templates."""
+        ...
+
+
+class Journal(Protocol):
+    """Durable records of a search: what was scored and what the LLM replied."""
+
+    def recorded_score(self, split: str, template: str) -> Score | None:
+        """A score recorded earlier, or None."""
+        ...
+
+    async def record_scores(
+        self, split: str, scores: Sequence[Score], restart: int, iteration: int, origin: str
+    ) -> None:
+        """Persist scores before the search moves on."""
+        ...
+
+    def recorded_proposal(self, key: str) -> Proposal | None:
+        """The LLM reply recorded under ``key``, or None."""
+        ...
+
+    async def record_proposal(self, key: str, proposal: Proposal) -> None:
+        """Persist an LLM reply before it is used."""
+        ...
+
+    async def checkpoint(self, state: SearchState, event: str) -> None:
+        """Persist the progress fields of ``state`` and tell watchers (``event``: what changed)."""
+        ...
+
+
+class BudgetExhausted(Exception):
+    """Raised inside the loop when a budget is reached; the search SUCCEEDS with the reason."""
+
+    def __init__(self, which: str) -> None:
+        super().__init__(which)
+        self.reason = f"budget: {which}"
+
+
+# ---- the algorithm -----------------------------------------------------------------------------
+
+
+def proposal_key(restart: int, iteration: int, attempt: int) -> str:
+    """Deterministic id of an LLM call: the same step always has the same key."""
+    return f"r{restart}/i{iteration}/a{attempt}"
+
+
+SEED_KEY = "seed/starters"
+MAX_EMPTY_ATTEMPTS = 2  # ask again (a new key) when the LLM offered nothing new
+
+
+@dataclass
+class HillClimb:
+    """Runs one search to the end (or to a budget) against the ports."""
+
+    state: SearchState
+    scorer: TemplateScorer
+    proposer: TemplateProposer
+    journal: Journal
+    initial_templates: Callable[[SearchConfig], list[str]]  # named / user pools
+    started_at: float = field(default_factory=time.time)  # wall clock when the search first ran
+    clock: Callable[[], float] = time.time
+    _class_names: list[str] = field(default_factory=list)
+
+    @property
+    def config(self) -> SearchConfig:
+        """The search's specification."""
+        return self.state.config
+
+    async def run(self) -> SearchState:
+        """Seed, climb, evaluate; returns the final state (``result`` and ``end_reason`` set)."""
+        self._class_names = await self.scorer.class_names(self.config.dataset)
+        try:
+            await self._seed()
+            for restart in range(self.config.restarts):
+                conversation: tuple[tuple[str, str], ...] = ()  # a restart resets the chat
+                for iteration in range(1, self.config.iterations + 1):
+                    conversation = await self._iterate(restart, iteration, conversation)
+            self.state.end_reason = "completed"
+        except BudgetExhausted as done:
+            self.state.end_reason = done.reason
+        await self._evaluate()
+        return self.state
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    async def _seed(self) -> None:
+        cfg = self.config
+        self.state.phase = Phase.SEEDING
+        await self.journal.checkpoint(self.state, "phase")
+        if cfg.llm_starters > 0:
+            proposal = await self._propose(SEED_KEY, self._request(cfg.llm_starters, (), ()))
+            templates, origin = list(proposal.templates), "llm"
+        else:
+            templates = self.initial_templates(cfg)
+            origin = "user" if cfg.user_templates else "pool"
+        templates = _dedupe(templates, set())
+        await self._score_into_pool(templates, 0, 0, origin)
+        self._summarise(0, 0, 0.0, 0.0)
+        await self.journal.checkpoint(self.state, "iteration")
+
+    async def _iterate(
+        self, restart: int, iteration: int, conversation: tuple[tuple[str, str], ...]
+    ) -> tuple[tuple[str, str], ...]:
+        cfg = self.config
+        self.state.restart, self.state.iteration = restart, iteration
+        self.state.phase = Phase.PROPOSING
+        await self.journal.checkpoint(self.state, "phase")
+        t0 = self.clock()
+        new: list[str] = []
+        for attempt in range(MAX_EMPTY_ATTEMPTS):
+            request = self._request(cfg.templates_per_iteration, tuple(self.state.history), conversation)
+            proposal = await self._propose(proposal_key(restart, iteration, attempt), request)
+            if cfg.strategy is Strategy.CONVERSATION:
+                conversation = proposal.conversation
+            new = _dedupe(list(proposal.templates), self.state.known())[: cfg.templates_per_iteration]
+            if new:
+                break
+        t1 = self.clock()
+        self.state.phase = Phase.SCORING
+        await self.journal.checkpoint(self.state, "phase")
+        await self._score_into_pool(new, restart, iteration, "llm")
+        self._summarise(restart, iteration, t1 - t0, self.clock() - t1)
+        await self.journal.checkpoint(self.state, "iteration")
+        return conversation
+
+    async def _evaluate(self) -> None:
+        cfg = self.config
+        self.state.phase = Phase.EVALUATING
+        await self.journal.checkpoint(self.state, "phase")
+        best = self.state.best
+        if best is None:
+            raise SearchFailed("FAILED_PRECONDITION", "no template of the initial pool could be scored")
+        scores = await self._score(cfg.evaluation_split, [best.template], 0, 0, "evaluation")
+        best_eval = scores[0].accuracy if scores else 0.0
+        ensemble = tuple(t.template for t in self.state.top(max(1, cfg.ensemble_k)))
+        ensemble_acc = await self.scorer.ensemble_accuracy(cfg.dataset, cfg.evaluation_split, ensemble)
+        self.state.result = SearchResult(best, best_eval, ensemble, ensemble_acc)
+        self.state.phase = Phase.DONE
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _request(
+        self, n: int, history: tuple[ScoredTemplate, ...], conversation: tuple[tuple[str, str], ...]
+    ) -> ProposalRequest:
+        cfg = self.config
+        task = cfg.task_description or f"images of the dataset '{cfg.dataset}'"
+        return ProposalRequest(
+            task_description=task,
+            class_names=tuple(self._class_names[:50]),
+            history=history,
+            strategy=cfg.strategy,
+            best_k=cfg.best_k,
+            worst_k=cfg.worst_k,
+            num_templates=n,
+            temperature=cfg.temperature,
+            conversation=conversation,
+            seed=cfg.seed or None,
+        )
+
+    async def _propose(self, key: str, request: ProposalRequest) -> Proposal:
+        recorded = self.journal.recorded_proposal(key)
+        if recorded is None:
+            self._check_budget(before_llm=True)
+            recorded = await self.proposer.propose(request)
+            await self.journal.record_proposal(key, recorded)
+        u = self.state.usage
+        u.llm_calls += recorded.llm_calls
+        u.prompt_tokens += recorded.prompt_tokens
+        u.completion_tokens += recorded.completion_tokens
+        return recorded
+
+    def _check_budget(self, *, before_llm: bool = False, evaluations: int = 0) -> None:
+        """Raise :class:`BudgetExhausted` when the next live step would exceed a budget."""
+        b, u = self.config.budget, self.state.usage
+        if b.max_duration_seconds and self.clock() - self.started_at >= b.max_duration_seconds:
+            raise BudgetExhausted("max_duration")
+        if before_llm and b.max_llm_calls and u.llm_calls >= b.max_llm_calls:
+            raise BudgetExhausted("max_llm_calls")
+        if before_llm and b.max_tokens and u.tokens >= b.max_tokens:
+            raise BudgetExhausted("max_tokens")
+        if b.max_evaluations and u.search_evaluations + max(evaluations, int(before_llm)) > b.max_evaluations:
+            raise BudgetExhausted("max_evaluations")  # no room left for what the LLM would propose
+
+    async def _score_into_pool(self, templates: list[str], restart: int, iteration: int, origin: str) -> None:
+        b = self.config.budget
+        over = False
+        if b.max_evaluations:
+            room = max(0, b.max_evaluations - self.state.usage.search_evaluations)
+            over = len(templates) > room or room == 0
+            templates = templates[:room]
+        scores = await self._score(self.config.selection_split, templates, restart, iteration, origin)
+        self.state.usage.search_evaluations += len(scores)
+        for s in scores:
+            if s.error is None:
+                self.state.history.append(
+                    ScoredTemplate(s.template, s.accuracy, s.correct, s.total, restart, iteration, origin)
+                )
+        if over:
+            self._summarise(restart, iteration, 0.0, 0.0)
+            raise BudgetExhausted("max_evaluations")
+
+    async def _score(
+        self, split: str, templates: list[str], restart: int, iteration: int, origin: str
+    ) -> list[Score]:
+        """Scores in the order given: recorded ones from the journal, the rest from the scorer."""
+        recorded = {t: self.journal.recorded_score(split, t) for t in templates}
+        missing = [t for t, s in recorded.items() if s is None]
+        if missing:
+            if split == self.config.selection_split and iteration > 0:
+                self._check_budget()  # a deadline also stops scoring that has not begun
+
+            async def checkpoint(chunk: list[Score]) -> None:
+                await self.journal.record_scores(split, chunk, restart, iteration, origin)
+
+            for s in await self.scorer.score(self.config.dataset, split, missing, checkpoint):
+                recorded[s.template] = s
+        self.state.usage.evaluations += len(templates)
+        return [found for t in templates if (found := recorded.get(t)) is not None]
+
+    def _summarise(self, restart: int, iteration: int, propose_s: float, score_s: float) -> None:
+        pool = self.state.history
+        if any(s.restart == restart and s.iteration == iteration for s in self.state.iterations):
+            return  # already summarised (a budget stop right after the iteration's scores)
+        best = max((t.accuracy for t in pool), default=0.0)
+        mean = sum(t.accuracy for t in pool) / len(pool) if pool else 0.0
+        self.state.iterations.append(
+            IterationSummary(restart, iteration, best, mean, len(pool), propose_s, score_s)
+        )
+
+
+def _dedupe(templates: list[str], known: set[str]) -> list[str]:
+    """Drop blanks and repeats, keep order."""
+    out: list[str] = []
+    seen = set(known)
+    for t in templates:
+        if t.strip() and t not in seen:
+            seen.add(t)
+            out.append(t)
+    return out

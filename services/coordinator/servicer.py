@@ -1,0 +1,110 @@
+"""CoordinatorService over gRPC: converts messages and calls the runner and the store.
+
+Error semantics (AIP-style):
+- unknown search name -> NOT_FOUND; a bad spec -> INVALID_ARGUMENT with BadRequest field violations;
+- CancelSearch of a search that already ended -> FAILED_PRECONDITION (its state is left alone);
+- an unknown dataset is NOT checked at StartSearch (the scorer may be briefly down and a start must
+  still be recorded): the search starts and ends FAILED with error_code NOT_FOUND and the reason
+  naming the dataset and the registered ones.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+
+import grpc
+
+from promptclimb.api.v1 import coordinator_pb2, coordinator_pb2_grpc
+from promptclimb.common.errors import ServiceError, abort, invalid_argument, not_found
+from services.coordinator.convert import (
+    EVENT_TO_PROTO,
+    STATE_FROM_PROTO,
+    config_from_spec,
+    search_id_of,
+    search_to_proto,
+)
+from services.coordinator.runner import SearchRunner
+from services.coordinator.watch import watch
+
+MAX_PAGE_SIZE = 100
+
+
+def _full(view: int) -> bool:
+    return view != coordinator_pb2.SEARCH_VIEW_BASIC  # default (unspecified) is FULL
+
+
+class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
+    """The thin adapter."""
+
+    def __init__(self, runner: SearchRunner) -> None:
+        self.runner = runner
+        self.store = runner.store
+
+    async def StartSearch(self, request, context):  # type: ignore[no-untyped-def]
+        """Validate, then create (or find by request id) and schedule."""
+        try:
+            config = config_from_spec(request.spec)
+        except ServiceError as err:
+            await abort(context, err)
+        if len(request.request_id) > 200:
+            await abort(context, invalid_argument("at most 200 characters", "request_id"))
+        record, _ = self.runner.submit(config, request.request_id or None)
+        record = self.store.get(record.id, with_history=False) or record
+        return coordinator_pb2.StartSearchResponse(search=search_to_proto(record, full=False))
+
+    async def GetSearch(self, request, context):  # type: ignore[no-untyped-def]
+        """One search (FULL view by default)."""
+        record = self.store.get(search_id_of(request.name), with_history=_full(request.view))
+        if record is None:
+            await abort(context, not_found("search", request.name))
+        return coordinator_pb2.GetSearchResponse(search=search_to_proto(record, full=_full(request.view)))
+
+    async def WatchSearch(  # type: ignore[no-untyped-def]
+        self, request, context
+    ) -> AsyncIterator[coordinator_pb2.WatchSearchResponse]:
+        """Snapshot, then every change until the search ends."""
+        search_id = search_id_of(request.name)
+        if self.store.get(search_id) is None:
+            await abort(context, not_found("search", request.name))
+        full = _full(request.view)
+        async for event, record in watch(self.store, self.runner.broadcaster, search_id, full=full):
+            yield coordinator_pb2.WatchSearchResponse(
+                event=EVENT_TO_PROTO[event], search=search_to_proto(record, full=full)
+            )
+
+    async def CancelSearch(self, request, context):  # type: ignore[no-untyped-def]
+        """Cancel a PENDING or RUNNING search; FAILED_PRECONDITION once it has ended."""
+        search_id = search_id_of(request.name)
+        record = self.store.get(search_id)
+        if record is None:
+            await abort(context, not_found("search", request.name))
+        if record.done:
+            await abort(
+                context,
+                ServiceError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"search {request.name!r} already ended ({record.state})",
+                ),
+            )
+        record = await self.runner.cancel(search_id)
+        return coordinator_pb2.CancelSearchResponse(search=search_to_proto(record, full=False))
+
+    async def ListSearches(self, request, context):  # type: ignore[no-untyped-def]
+        """Newest first, BASIC view; the page token is an opaque offset."""
+        size = request.page_size or 50
+        if size < 0:
+            await abort(context, invalid_argument("must not be negative", "page_size"))
+        size = min(size, MAX_PAGE_SIZE)
+        offset = 0
+        if request.page_token:
+            try:
+                offset = int(base64.urlsafe_b64decode(request.page_token.encode()).decode())
+            except ValueError:
+                await abort(context, invalid_argument("not a token this server issued", "page_token"))
+        state = STATE_FROM_PROTO.get(request.state) if request.state else None
+        records = self.store.list_searches(state=state, limit=size + 1, offset=offset)
+        token = base64.urlsafe_b64encode(str(offset + size).encode()).decode() if len(records) > size else ""
+        return coordinator_pb2.ListSearchesResponse(
+            searches=[search_to_proto(r, full=False) for r in records[:size]], next_page_token=token
+        )

@@ -1,0 +1,545 @@
+"""Durable search records in any SQLAlchemy database (a SQLite file by default).
+
+Tables: ``searches`` (one row per search: spec, state, progress, lease), ``scored_templates``
+(every score, unique per search/split/template so nothing is scored twice), ``llm_calls`` (every
+optimizer reply under a deterministic key, so a resumed search never asks again) and ``events``.
+
+Ownership: a replica runs a search only while it holds the row's lease (``lease_owner``,
+``lease_expires``), taken and renewed by conditional UPDATEs — atomic on SQLite and PostgreSQL
+alike — and every progress write is fenced on the owner, so a replica that lost its lease can
+not overwrite the new owner's progress.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    create_engine,
+    event,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from services.coordinator.search import (
+    IterationSummary,
+    Proposal,
+    Score,
+    ScoredTemplate,
+    SearchConfig,
+    SearchResult,
+    SearchState,
+    Usage,
+)
+
+metadata = MetaData()
+
+searches = Table(
+    "searches",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("request_id", String(200), unique=True, nullable=True),
+    Column("state", String(16), nullable=False, index=True),
+    Column("phase", String(16), nullable=False),
+    Column("restart", Integer, nullable=False, default=0),
+    Column("iteration", Integer, nullable=False, default=0),
+    Column("config", Text, nullable=False),
+    Column("progress", Text, nullable=False, default="{}"),
+    Column("create_time", Float, nullable=False, index=True),
+    Column("update_time", Float, nullable=False),
+    Column("start_time", Float, nullable=True),
+    Column("end_time", Float, nullable=True),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_expires", Float, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+)
+
+scored_templates = Table(
+    "scored_templates",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("search_id", String(64), nullable=False, index=True),
+    Column("split", String(64), nullable=False),
+    Column("template", Text, nullable=False),
+    Column("accuracy", Float, nullable=False),
+    Column("correct", Integer, nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("restart", Integer, nullable=False),
+    Column("iteration", Integer, nullable=False),
+    Column("origin", String(16), nullable=False),
+    Column("error", Text, nullable=True),
+    UniqueConstraint("search_id", "split", "template", name="uq_scored_once"),
+)
+
+llm_calls = Table(
+    "llm_calls",
+    metadata,
+    Column("search_id", String(64), primary_key=True),
+    Column("call_key", String(64), primary_key=True),
+    Column("reply", Text, nullable=False),
+    Column("create_time", Float, nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("search_id", String(64), nullable=False, index=True),
+    Column("time", Float, nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+)
+
+PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+def database_url(store: str) -> str:
+    """A SQLAlchemy URL from ``store``: a URL as-is, anything else is a SQLite file path."""
+    if "://" in store:
+        return store
+    return f"sqlite:///{Path(store).expanduser().resolve()}"
+
+
+@dataclass
+class Progress:
+    """The progress fields of a search row (stored as JSON)."""
+
+    iterations: list[IterationSummary] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    best: ScoredTemplate | None = None
+    result: SearchResult | None = None
+    end_reason: str = ""
+    error_code: str = ""  # a grpc.StatusCode name when FAILED
+    wall_seconds: float = 0.0
+
+    def to_json(self) -> str:
+        """Serialise."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Progress:
+        """Deserialise."""
+        d: dict[str, Any] = json.loads(text or "{}")
+        result = d.get("result")
+        return cls(
+            iterations=[IterationSummary(**i) for i in d.get("iterations", [])],
+            usage=Usage(**d.get("usage", {})),
+            best=ScoredTemplate(**d["best"]) if d.get("best") else None,
+            result=(
+                SearchResult(
+                    best=ScoredTemplate(**result["best"]),
+                    best_evaluation_accuracy=result["best_evaluation_accuracy"],
+                    ensemble_templates=tuple(result["ensemble_templates"]),
+                    ensemble_evaluation_accuracy=result["ensemble_evaluation_accuracy"],
+                )
+                if result
+                else None
+            ),
+            end_reason=d.get("end_reason", ""),
+            error_code=d.get("error_code", ""),
+            wall_seconds=d.get("wall_seconds", 0.0),
+        )
+
+
+@dataclass
+class SearchRecord:
+    """One search as stored."""
+
+    id: str
+    request_id: str | None
+    config: SearchConfig
+    state: str
+    phase: str
+    restart: int
+    iteration: int
+    progress: Progress
+    create_time: float
+    update_time: float
+    start_time: float | None
+    end_time: float | None
+    lease_owner: str | None
+    lease_expires: float | None
+    cancel_requested: bool
+    history: list[ScoredTemplate] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        """Whether the search reached a terminal state."""
+        return self.state in TERMINAL
+
+
+class SearchStore:
+    """Reads and writes search records; every method is one short transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.url = database_url(url)
+        self.engine: Engine = create_engine(self.url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        """Release connections."""
+        self.engine.dispose()
+
+    # ---- searches ------------------------------------------------------------------------------
+
+    def create(self, config: SearchConfig, request_id: str | None) -> tuple[SearchRecord, bool]:
+        """Insert a PENDING search; with a known ``request_id`` return that search instead."""
+        if request_id:
+            existing = self.by_request_id(request_id)
+            if existing is not None:
+                return existing, False
+        now = time.time()
+        search_id = uuid.uuid4().hex[:16]
+        try:
+            with self.engine.begin() as c:
+                c.execute(
+                    insert(searches).values(
+                        id=search_id,
+                        request_id=request_id or None,
+                        state=PENDING,
+                        phase="seeding",
+                        restart=0,
+                        iteration=0,
+                        config=json.dumps(config.to_json()),
+                        progress=Progress().to_json(),
+                        create_time=now,
+                        update_time=now,
+                        cancel_requested=False,
+                    )
+                )
+                c.execute(insert(events).values(search_id=search_id, time=now, type="created", detail=""))
+        except IntegrityError:
+            # Another request with the same id won the race: the unique constraint decides.
+            existing = self.by_request_id(request_id or "")
+            if existing is None:
+                raise
+            return existing, False
+        record = self.get(search_id)
+        assert record is not None
+        return record, True
+
+    def by_request_id(self, request_id: str) -> SearchRecord | None:
+        """The search started with ``request_id``, if any."""
+        with self.engine.connect() as c:
+            row = c.execute(select(searches).where(searches.c.request_id == request_id)).mappings().first()
+        return _record(row) if row else None
+
+    def get(self, search_id: str, *, with_history: bool = False) -> SearchRecord | None:
+        """One search, optionally with its selection-split history in scoring order."""
+        with self.engine.connect() as c:
+            row = c.execute(select(searches).where(searches.c.id == search_id)).mappings().first()
+            if row is None:
+                return None
+            record = _record(row)
+            if with_history:
+                rows = c.execute(
+                    select(scored_templates)
+                    .where(
+                        scored_templates.c.search_id == search_id,
+                        scored_templates.c.split == record.config.selection_split,
+                        scored_templates.c.error.is_(None),
+                    )
+                    .order_by(scored_templates.c.seq)
+                ).mappings()
+                record.history = [_scored(r) for r in rows]
+        return record
+
+    def list_searches(self, *, state: str | None, limit: int, offset: int) -> list[SearchRecord]:
+        """Searches newest first."""
+        query = (
+            select(searches)
+            .order_by(searches.c.create_time.desc(), searches.c.id)
+            .limit(limit)
+            .offset(offset)
+        )
+        if state:
+            query = query.where(searches.c.state == state)
+        with self.engine.connect() as c:
+            return [_record(r) for r in c.execute(query).mappings()]
+
+    def save_progress(self, search_id: str, owner: str, state: SearchState, wall_seconds: float) -> bool:
+        """Write the progress of a running search; False when ``owner`` no longer holds it."""
+        progress = Progress(
+            iterations=state.iterations,
+            usage=state.usage,
+            best=state.best,
+            result=state.result,
+            end_reason=state.end_reason,
+            wall_seconds=wall_seconds,
+        )
+        values = dict(
+            phase=state.phase.value,
+            restart=state.restart,
+            iteration=state.iteration,
+            progress=progress.to_json(),
+            update_time=time.time(),
+        )
+        return self._fenced_update(search_id, owner, values)
+
+    def mark_running(self, search_id: str, owner: str) -> bool:
+        """PENDING -> RUNNING (keeps the first start time on resume)."""
+        record = self.get(search_id)
+        if record is None:
+            return False
+        values: dict[str, Any] = {"state": RUNNING, "update_time": time.time()}
+        if record.start_time is None:
+            values["start_time"] = time.time()
+        ok = self._fenced_update(search_id, owner, values)
+        if ok and record.state != RUNNING:
+            self.add_event(search_id, "state", RUNNING)
+        return ok
+
+    def finish(
+        self,
+        search_id: str,
+        owner: str | None,
+        state: str,
+        *,
+        end_reason: str,
+        error_code: str = "",
+        progress_state: SearchState | None = None,
+        wall_seconds: float | None = None,
+    ) -> bool:
+        """Move to a terminal state and release the lease (fenced on ``owner`` when given)."""
+        record = self.get(search_id)
+        if record is None or record.done:
+            return False
+        progress = record.progress
+        if progress_state is not None:
+            progress.iterations = progress_state.iterations
+            progress.usage = progress_state.usage
+            progress.best = progress_state.best
+            progress.result = progress_state.result
+        progress.end_reason, progress.error_code = end_reason, error_code
+        now = time.time()
+        if wall_seconds is not None:
+            progress.wall_seconds = wall_seconds
+        elif record.start_time is not None:
+            progress.wall_seconds = now - record.start_time
+        values = dict(
+            state=state,
+            phase="done",
+            progress=progress.to_json(),
+            update_time=now,
+            end_time=now,
+            lease_owner=None,
+            lease_expires=None,
+        )
+        if owner is None:
+            with self.engine.begin() as c:
+                done = (
+                    c.execute(
+                        update(searches)
+                        .where(searches.c.id == search_id, searches.c.state.not_in(list(TERMINAL)))
+                        .values(**values)
+                    ).rowcount
+                    == 1
+                )
+        else:
+            done = self._fenced_update(search_id, owner, values)
+        if done:
+            self.add_event(search_id, "state", state)
+        return done
+
+    def request_cancel(self, search_id: str) -> None:
+        """Flag a search for cancellation (its owner sees the flag when it renews the lease)."""
+        with self.engine.begin() as c:
+            c.execute(update(searches).where(searches.c.id == search_id).values(cancel_requested=True))
+
+    # ---- leases --------------------------------------------------------------------------------
+
+    def try_acquire(self, search_id: str, owner: str, lease_seconds: float) -> bool:
+        """Take the lease of an unfinished search that is free, expired or already ours."""
+        now = time.time()
+        with self.engine.begin() as c:
+            result = c.execute(
+                update(searches)
+                .where(
+                    searches.c.id == search_id,
+                    searches.c.state.in_([PENDING, RUNNING]),
+                    or_(
+                        searches.c.lease_owner.is_(None),
+                        searches.c.lease_owner == owner,
+                        searches.c.lease_expires < now,
+                    ),
+                )
+                .values(lease_owner=owner, lease_expires=now + lease_seconds)
+            )
+            return result.rowcount == 1
+
+    def renew(self, owner: str, search_ids: Sequence[str], lease_seconds: float) -> dict[str, bool]:
+        """Extend our leases; returns, per search still ours, whether cancellation was requested."""
+        now = time.time()
+        held: dict[str, bool] = {}
+        with self.engine.begin() as c:
+            for sid in search_ids:
+                ok = (
+                    c.execute(
+                        update(searches)
+                        .where(searches.c.id == sid, searches.c.lease_owner == owner)
+                        .values(lease_expires=now + lease_seconds)
+                    ).rowcount
+                    == 1
+                )
+                if ok:
+                    flag = c.execute(select(searches.c.cancel_requested).where(searches.c.id == sid)).scalar()
+                    held[sid] = bool(flag)
+        return held
+
+    def release(self, search_id: str, owner: str) -> None:
+        """Give a lease back (graceful shutdown) so another replica resumes at once."""
+        with self.engine.begin() as c:
+            c.execute(
+                update(searches)
+                .where(searches.c.id == search_id, searches.c.lease_owner == owner)
+                .values(lease_owner=None, lease_expires=None)
+            )
+
+    def claimable(self) -> list[str]:
+        """Unfinished searches nobody holds a live lease on, oldest first."""
+        now = time.time()
+        with self.engine.connect() as c:
+            rows = c.execute(
+                select(searches.c.id)
+                .where(
+                    searches.c.state.in_([PENDING, RUNNING]),
+                    or_(searches.c.lease_owner.is_(None), searches.c.lease_expires < now),
+                )
+                .order_by(searches.c.create_time)
+            )
+            return [r[0] for r in rows]
+
+    # ---- journal rows --------------------------------------------------------------------------
+
+    def scores(self, search_id: str) -> dict[tuple[str, str], Score]:
+        """Every recorded score of a search by (split, template)."""
+        with self.engine.connect() as c:
+            rows = c.execute(
+                select(scored_templates).where(scored_templates.c.search_id == search_id)
+            ).mappings()
+            return {
+                (r["split"], r["template"]): Score(
+                    r["template"], r["accuracy"], r["correct"], r["total"], r["error"]
+                )
+                for r in rows
+            }
+
+    def add_scores(
+        self, search_id: str, split: str, scores: Sequence[Score], restart: int, iteration: int, origin: str
+    ) -> None:
+        """Record scores (one transaction per chunk)."""
+        if not scores:
+            return
+        rows = [
+            dict(
+                search_id=search_id,
+                split=split,
+                template=s.template,
+                accuracy=s.accuracy,
+                correct=s.correct,
+                total=s.total,
+                restart=restart,
+                iteration=iteration,
+                origin=origin,
+                error=s.error,
+            )
+            for s in scores
+        ]
+        with self.engine.begin() as c:
+            c.execute(insert(scored_templates), rows)
+
+    def proposals(self, search_id: str) -> dict[str, Proposal]:
+        """Every recorded LLM reply of a search by call key."""
+        with self.engine.connect() as c:
+            rows = c.execute(select(llm_calls).where(llm_calls.c.search_id == search_id)).mappings()
+            return {r["call_key"]: Proposal.from_json(json.loads(r["reply"])) for r in rows}
+
+    def add_proposal(self, search_id: str, key: str, proposal: Proposal) -> None:
+        """Record an LLM reply."""
+        with self.engine.begin() as c:
+            c.execute(
+                insert(llm_calls).values(
+                    search_id=search_id,
+                    call_key=key,
+                    reply=json.dumps(proposal.to_json()),
+                    create_time=time.time(),
+                )
+            )
+
+    def add_event(self, search_id: str, kind: str, detail: str = "") -> None:
+        """Append to the search's event log."""
+        with self.engine.begin() as c:
+            c.execute(insert(events).values(search_id=search_id, time=time.time(), type=kind, detail=detail))
+
+    def _fenced_update(self, search_id: str, owner: str, values: dict[str, Any]) -> bool:
+        with self.engine.begin() as c:
+            result = c.execute(
+                update(searches)
+                .where(
+                    and_(
+                        searches.c.id == search_id,
+                        searches.c.lease_owner == owner,
+                        searches.c.state.not_in(list(TERMINAL)),
+                    )
+                )
+                .values(**values)
+            )
+            return result.rowcount == 1
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets a reader (GetSearch) proceed while the runner writes; busy_timeout rides out a restart.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _record(row: Any) -> SearchRecord:
+    return SearchRecord(
+        id=row["id"],
+        request_id=row["request_id"],
+        config=SearchConfig.from_json(json.loads(row["config"])),
+        state=row["state"],
+        phase=row["phase"],
+        restart=row["restart"],
+        iteration=row["iteration"],
+        progress=Progress.from_json(row["progress"]),
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+        start_time=row["start_time"],
+        end_time=row["end_time"],
+        lease_owner=row["lease_owner"],
+        lease_expires=row["lease_expires"],
+        cancel_requested=bool(row["cancel_requested"]),
+    )
+
+
+def _scored(r: Any) -> ScoredTemplate:
+    return ScoredTemplate(
+        r["template"], r["accuracy"], r["correct"], r["total"], r["restart"], r["iteration"], r["origin"]
+    )

@@ -1,0 +1,126 @@
+"""In-process fake scorer and optimizer servicers for coordinator tests.
+
+They are real gRPC servers on loopback (so the coordinator's clients, retries and deadlines are
+exercised), with deterministic answers and counters a test can assert on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+
+import grpc
+
+from promptclimb.api.v1 import common_pb2, optimizer_pb2, optimizer_pb2_grpc, scorer_pb2, scorer_pb2_grpc
+from promptclimb.common.errors import ServiceError
+
+
+def fake_accuracy(template: str) -> float:
+    """A stable accuracy in [0, 1] per template (the same in every process)."""
+    return int(hashlib.sha256(template.encode()).hexdigest()[:4], 16) / 0xFFFF
+
+
+class FakeScorer(scorer_pb2_grpc.ScorerServiceServicer):
+    """Scores with :func:`fake_accuracy` over 100 images; counts every template it scores."""
+
+    def __init__(
+        self, datasets: dict[str, list[str]] | None = None, *, delay: float = 0.0, unavailable_first: int = 0
+    ) -> None:
+        self.datasets = datasets or {"toy": ["cat", "dog", "bird"]}
+        self.delay = delay
+        self.unavailable_first = unavailable_first  # fail this many EvaluatePrompts calls first
+        self.scored: Counter[tuple[str, str]] = Counter()  # (split, template) -> times scored
+        self.calls = 0
+        self.ensembles = 0
+
+    async def EvaluatePrompts(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.unavailable_first > 0:
+            self.unavailable_first -= 1
+            await context.abort_with_status(
+                ServiceError(grpc.StatusCode.UNAVAILABLE, "warming up", retry_after_seconds=0.01).to_status()
+            )
+        if request.dataset not in self.datasets:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"dataset {request.dataset!r} not found")
+        await asyncio.sleep(self.delay)
+        scores = []
+        for t in request.templates:
+            self.scored[(request.split, t)] += 1
+            if t.count("{}") != 1:
+                scores.append(
+                    scorer_pb2.TemplateScore(
+                        template=t, error=scorer_pb2.TemplateError(code=3, message="needs one {} slot")
+                    )
+                )
+                continue
+            acc = fake_accuracy(t)
+            scores.append(
+                scorer_pb2.TemplateScore(template=t, accuracy=acc, correct=round(acc * 100), total=100)
+            )
+        return scorer_pb2.EvaluatePromptsResponse(scores=scores, class_names=self.datasets[request.dataset])
+
+    async def EvaluateEnsemble(self, request, context):  # type: ignore[no-untyped-def]
+        self.ensembles += 1
+        acc = sum(fake_accuracy(t) for t in request.templates) / max(1, len(request.templates))
+        return scorer_pb2.EvaluateEnsembleResponse(
+            score=scorer_pb2.TemplateScore(accuracy=acc, correct=round(acc * 100), total=100)
+        )
+
+    async def ListDatasets(self, request, context):  # type: ignore[no-untyped-def]
+        return scorer_pb2.ListDatasetsResponse(
+            datasets=[scorer_pb2.Dataset(id=k, class_names=v, ready=True) for k, v in self.datasets.items()]
+        )
+
+
+@dataclass
+class FakeOptimizer(optimizer_pb2_grpc.OptimizerServiceServicer):
+    """Proposes numbered templates ("a photo of a {} (take N)."), 10 prompt + 5 completion tokens each."""
+
+    delay: float = 0.0
+    down: bool = False  # answer UNAVAILABLE to everything
+    empty: bool = False  # propose nothing
+    requests: list[optimizer_pb2.ProposePromptsRequest] = field(default_factory=list)
+    counter: int = 0
+
+    async def ProposePrompts(self, request, context):  # type: ignore[no-untyped-def]
+        if self.down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "LLM endpoint unreachable")
+        self.requests.append(request)
+        await asyncio.sleep(self.delay)
+        templates = []
+        if not self.empty:
+            for _ in range(request.num_templates):
+                self.counter += 1
+                templates.append(f"a photo of a {{}} (take {self.counter}).")
+        conversation = [
+            *request.conversation,
+            common_pb2.ChatMessage(role="user", content=f"history of {len(request.history)}"),
+            common_pb2.ChatMessage(role="assistant", content="\n".join(templates)),
+        ]
+        return optimizer_pb2.ProposePromptsResponse(
+            templates=templates,
+            conversation=conversation,
+            model="fake",
+            usage=common_pb2.Usage(llm_calls=1, prompt_tokens=10, completion_tokens=5),
+        )
+
+
+async def start_server(servicer: object, add: object) -> tuple[grpc.aio.Server, int]:
+    """Serve ``servicer`` on a free loopback port."""
+    server = grpc.aio.server()
+    add(servicer, server)  # type: ignore[operator]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
+async def start_scorer(scorer: FakeScorer) -> tuple[grpc.aio.Server, int]:
+    """A fake scorer server."""
+    return await start_server(scorer, scorer_pb2_grpc.add_ScorerServiceServicer_to_server)
+
+
+async def start_optimizer(optimizer: FakeOptimizer) -> tuple[grpc.aio.Server, int]:
+    """A fake optimizer server."""
+    return await start_server(optimizer, optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server)

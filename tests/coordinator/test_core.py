@@ -1,0 +1,161 @@
+"""The pure search and the store, without gRPC: replay after a crash, leases, idempotency."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from services.coordinator.pools import initial_templates
+from services.coordinator.search import (
+    HillClimb,
+    Proposal,
+    ProposalRequest,
+    Score,
+    SearchConfig,
+    SearchState,
+)
+from services.coordinator.store import SearchStore
+from tests.coordinator.fakes import fake_accuracy
+
+
+class Crash(Exception):
+    pass
+
+
+class MemoryJournal:
+    def __init__(self) -> None:
+        self.scores: dict[tuple[str, str], Score] = {}
+        self.proposals: dict[str, Proposal] = {}
+        self.checkpoints: list[str] = []
+
+    def recorded_score(self, split: str, template: str) -> Score | None:
+        return self.scores.get((split, template))
+
+    async def record_scores(
+        self, split: str, scores: Sequence[Score], restart: int, iteration: int, origin: str
+    ) -> None:
+        for s in scores:
+            self.scores[(split, s.template)] = s
+
+    def recorded_proposal(self, key: str) -> Proposal | None:
+        return self.proposals.get(key)
+
+    async def record_proposal(self, key: str, proposal: Proposal) -> None:
+        self.proposals[key] = proposal
+
+    async def checkpoint(self, state: SearchState, event: str) -> None:
+        self.checkpoints.append(event)
+
+
+class CountingScorer:
+    def __init__(self) -> None:
+        self.scored: Counter[tuple[str, str]] = Counter()
+
+    async def class_names(self, dataset: str) -> list[str]:
+        return ["cat", "dog"]
+
+    async def score(
+        self,
+        dataset: str,
+        split: str,
+        templates: Sequence[str],
+        on_chunk: Callable[[list[Score]], Awaitable[None]],
+    ) -> list[Score]:
+        out = []
+        for t in templates:
+            self.scored[(split, t)] += 1
+            out.append(Score(t, fake_accuracy(t), 1, 2))
+        await on_chunk(out)
+        return out
+
+    async def ensemble_accuracy(self, dataset: str, split: str, templates: Sequence[str]) -> float:
+        return 0.5
+
+
+class ScriptedProposer:
+    def __init__(self, crash_after: int | None = None) -> None:
+        self.calls = 0
+        self.crash_after = crash_after
+
+    async def propose(self, request: ProposalRequest) -> Proposal:
+        if self.crash_after is not None and self.calls >= self.crash_after:
+            raise Crash
+        self.calls += 1
+        return Proposal(
+            tuple(f"{{}} v{self.calls}-{i}" for i in range(request.num_templates)),
+            prompt_tokens=10,
+            completion_tokens=5,
+        )
+
+
+def climb(
+    config: SearchConfig,
+    journal: MemoryJournal,
+    scorer: CountingScorer,
+    proposer: ScriptedProposer,
+    clock: Callable[[], float] = time.time,
+) -> HillClimb:
+    return HillClimb(SearchState(config), scorer, proposer, journal, initial_templates, clock=clock)
+
+
+async def test_replay_after_crash_reuses_every_recorded_reply_and_score() -> None:
+    config = SearchConfig(dataset="d", restarts=2, iterations=3, templates_per_iteration=2)
+    journal, scorer = MemoryJournal(), CountingScorer()
+    with pytest.raises(Crash):
+        await climb(config, journal, scorer, ScriptedProposer(crash_after=4)).run()
+    resumed = ScriptedProposer()
+    resumed.calls = 4  # continue numbering as a real LLM would produce new text
+    state = await climb(config, journal, scorer, resumed).run()
+    assert resumed.calls - 4 == 2  # only the two steps never recorded were asked
+    assert max(scorer.scored.values()) == 1
+    assert len(state.history) == 5 + 6 * 2
+    assert state.usage.llm_calls == 6 and state.usage.tokens == 90
+    assert state.end_reason == "completed"
+
+    uninterrupted = await climb(config, MemoryJournal(), CountingScorer(), ScriptedProposer()).run()
+    assert [t.template for t in uninterrupted.history] == [t.template for t in state.history]
+    assert uninterrupted.result is not None and state.result is not None
+    assert uninterrupted.result.best == state.result.best
+
+
+async def test_duration_budget_is_not_applied_to_recorded_steps() -> None:
+    """A resumed search past its deadline still replays everything recorded before stopping."""
+    config = SearchConfig(dataset="d", iterations=4, templates_per_iteration=1)
+    journal, scorer = MemoryJournal(), CountingScorer()
+    with pytest.raises(Crash):
+        await climb(config, journal, scorer, ScriptedProposer(crash_after=3)).run()
+    late = SearchConfig(
+        dataset="d",
+        iterations=4,
+        templates_per_iteration=1,
+        budget=config.budget.__class__(max_duration_seconds=1),
+    )
+    c = climb(late, journal, scorer, ScriptedProposer())
+    c.started_at = time.time() - 100
+    state = await c.run()
+    assert state.end_reason == "budget: max_duration"
+    assert len(state.history) == 5 + 3
+
+
+def test_request_id_is_unique_and_leases_are_exclusive(tmp_path: Path) -> None:
+    store = SearchStore(str(tmp_path / "s.db"))
+    other = SearchStore(str(tmp_path / "s.db"))  # a second replica on the same database
+    a, created = store.create(SearchConfig(dataset="d"), "req-1")
+    b, created_again = other.create(SearchConfig(dataset="e"), "req-1")
+    assert created and not created_again and a.id == b.id and b.config.dataset == "d"
+    assert store.try_acquire(a.id, "replica-1", lease_seconds=60)
+    assert not other.try_acquire(a.id, "replica-2", lease_seconds=60)
+    assert other.claimable() == []
+    assert store.try_acquire(a.id, "replica-1", lease_seconds=0.01)  # renew to a short lease
+    time.sleep(0.05)
+    assert other.claimable() == [a.id]
+    assert other.try_acquire(a.id, "replica-2", lease_seconds=60)
+    # The old owner's progress writes are fenced off now.
+    assert not store.save_progress(a.id, "replica-1", SearchState(a.config), 1.0)
+    assert other.save_progress(a.id, "replica-2", SearchState(a.config), 1.0)
+    store.close()
+    other.close()
