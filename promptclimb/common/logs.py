@@ -41,5 +41,5 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "openai._base_client"):
+    for noisy in ("httpx", "httpcore", "httpx2", "httpcore2", "openai._base_client"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

