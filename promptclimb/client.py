@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from google.protobuf import duration_pb2
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from promptclimb.api.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from promptclimb.common.channels import open_channel
@@ -111,13 +114,60 @@ def event_name(event: int) -> str:
     return coordinator_pb2.SearchEventType.Name(event).removeprefix("SEARCH_EVENT_TYPE_").lower()
 
 
-class CoordinatorClient:
-    """Async client of ``CoordinatorService``; use as ``async with`` or call :meth:`close`."""
+class ClientSettings(BaseSettings):
+    """How a client reaches the coordinator: env ``PROMPTCLIMB_CLIENT_*``; arguments override.
 
-    def __init__(self, target: str, *, timeout: float = 30.0) -> None:
-        self.channel = open_channel(target)
+    The token also reads ``PROMPTCLIMB_COORDINATOR_AUTH_TOKEN``, so one variable serves a local
+    coordinator and the CLI talking to it.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PROMPTCLIMB_CLIENT_", extra="ignore", populate_by_name=True)
+
+    token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "token", "PROMPTCLIMB_CLIENT_TOKEN", "PROMPTCLIMB_COORDINATOR_AUTH_TOKEN"
+        ),
+        description="bearer token sent as 'authorization: Bearer …'",
+    )
+    tls_ca: Path | None = Field(None, description="PEM CA of the coordinator's certificate; enables TLS")
+    tls_cert: Path | None = Field(None, description="client certificate (mTLS)")
+    tls_key: Path | None = Field(None, description="key of tls_cert")
+    tls_server_name: str | None = Field(None, description="name expected in the server certificate")
+
+
+class CoordinatorClient:
+    """Async client of ``CoordinatorService``; use as ``async with`` or call :meth:`close`.
+
+    TLS and the bearer token come from the arguments, else from :class:`ClientSettings` (env).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 30.0,
+        token: str | None = None,
+        tls_ca: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        tls_server_name: str | None = None,
+    ) -> None:
+        env = ClientSettings()
+        self.channel = open_channel(
+            target,
+            tls_ca=tls_ca or env.tls_ca,
+            tls_cert=tls_cert or env.tls_cert,
+            tls_key=tls_key or env.tls_key,
+            tls_server_name=tls_server_name or env.tls_server_name,
+        )
         self.stub = coordinator_pb2_grpc.CoordinatorServiceStub(self.channel)
         self.timeout = timeout
+        secret = token if token is not None else (env.token.get_secret_value() if env.token else None)
+        # Sent per call: call credentials would refuse a plaintext loopback channel.
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {secret}"),) if secret else ()
+        )
 
     async def __aenter__(self) -> CoordinatorClient:
         return self
@@ -140,20 +190,22 @@ class CoordinatorClient:
         if spec is None:
             spec = make_spec(**kwargs)
         request = coordinator_pb2.StartSearchRequest(spec=spec, request_id=request_id or uuid.uuid4().hex)
-        return (await self.stub.StartSearch(request, timeout=self.timeout)).search
+        return (await self.stub.StartSearch(request, timeout=self.timeout, metadata=self._metadata)).search
 
     async def get(self, name: str, *, full: bool = True) -> coordinator_pb2.Search:
         """One search (``searches/ID`` or the bare id); ``full`` includes the scored history."""
         view = coordinator_pb2.SEARCH_VIEW_FULL if full else coordinator_pb2.SEARCH_VIEW_BASIC
         request = coordinator_pb2.GetSearchRequest(name=name, view=view)
-        return (await self.stub.GetSearch(request, timeout=self.timeout)).search
+        return (await self.stub.GetSearch(request, timeout=self.timeout, metadata=self._metadata)).search
 
     async def watch(
         self, name: str, *, full: bool = False
     ) -> AsyncIterator[tuple[str, coordinator_pb2.Search]]:
         """``(event, snapshot)`` pairs: the snapshot first, then every change until the search ends."""
         view = coordinator_pb2.SEARCH_VIEW_FULL if full else coordinator_pb2.SEARCH_VIEW_BASIC
-        call = self.stub.WatchSearch(coordinator_pb2.WatchSearchRequest(name=name, view=view))
+        call = self.stub.WatchSearch(
+            coordinator_pb2.WatchSearchRequest(name=name, view=view), metadata=self._metadata
+        )
         try:
             async for message in call:
                 yield event_name(message.event), message.search
@@ -163,7 +215,7 @@ class CoordinatorClient:
     async def cancel(self, name: str) -> coordinator_pb2.Search:
         """Cancel a running search (FAILED_PRECONDITION if it already ended)."""
         request = coordinator_pb2.CancelSearchRequest(name=name)
-        return (await self.stub.CancelSearch(request, timeout=self.timeout)).search
+        return (await self.stub.CancelSearch(request, timeout=self.timeout, metadata=self._metadata)).search
 
     async def list(self, *, state: str | None = None, page_size: int = 50) -> list[coordinator_pb2.Search]:
         """Every search (newest first, BASIC view), following pages; ``state`` e.g. ``"running"``."""
@@ -175,7 +227,7 @@ class CoordinatorClient:
                 page_token=token,
                 state=STATES[state] if state else coordinator_pb2.SEARCH_STATE_UNSPECIFIED,
             )
-            reply = await self.stub.ListSearches(request, timeout=self.timeout)
+            reply = await self.stub.ListSearches(request, timeout=self.timeout, metadata=self._metadata)
             out.extend(reply.searches)
             token = reply.next_page_token
             if not token:

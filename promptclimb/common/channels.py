@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -29,6 +30,25 @@ def normalise_target(target: str) -> tuple[str, bool]:
     return target, target.startswith("dns:")
 
 
+@dataclass(frozen=True)
+class ClientTLS:
+    """How a client verifies a server (CA bundle) and, for mTLS, proves itself (cert + key)."""
+
+    ca: Path | None = None  # None with TLS on: the system's trusted roots
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None  # expected name in the server certificate, if not the target host
+
+    def kwargs(self) -> dict[str, object]:
+        """Keyword arguments of :func:`open_channel`."""
+        return {
+            "tls_ca": self.ca,
+            "tls_cert": self.cert,
+            "tls_key": self.key,
+            "tls_server_name": self.server_name,
+        }
+
+
 def open_channel(
     target: str,
     *,
@@ -38,15 +58,21 @@ def open_channel(
     tls_key: Path | None = None,
     tls_server_name: str | None = None,
 ) -> grpc.aio.Channel:
-    """An aio channel to ``target``; TLS when a CA is given, mTLS when a cert/key pair is too."""
+    """An aio channel to ``target``.
+
+    TLS when a CA (or a client certificate) is given, mTLS when a cert/key pair is too; plaintext
+    otherwise. A certificate without its key (or the reverse) is an error, not a silent downgrade.
+    """
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("a client certificate needs both tls_cert and tls_key")
     resolved, many = normalise_target(target)
     options = channel_options(max_message_bytes, round_robin=many)
     if tls_server_name:
         options.append(("grpc.ssl_target_name_override", tls_server_name))
-    if tls_ca is None:
+    if tls_ca is None and tls_cert is None:
         return grpc.aio.insecure_channel(resolved, options=options)
     creds = grpc.ssl_channel_credentials(
-        root_certificates=tls_ca.read_bytes(),
+        root_certificates=tls_ca.read_bytes() if tls_ca else None,
         private_key=tls_key.read_bytes() if tls_key else None,
         certificate_chain=tls_cert.read_bytes() if tls_cert else None,
     )

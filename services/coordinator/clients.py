@@ -18,7 +18,7 @@ from typing import TypeVar
 import grpc
 
 from promptclimb.api.v1 import common_pb2, optimizer_pb2, optimizer_pb2_grpc, scorer_pb2, scorer_pb2_grpc
-from promptclimb.common.channels import open_channel
+from promptclimb.common.channels import ClientTLS, open_channel
 from promptclimb.common.errors import retry_delay_of
 from services.coordinator import metrics
 from services.coordinator.search import Proposal, ProposalRequest, Score, SearchFailed, Strategy
@@ -82,8 +82,11 @@ class GrpcScorer:
         max_concurrent_chunks: int = 4,
         deadline_seconds: float = 60.0,
         retry: RetryPolicy | None = None,
+        tls: ClientTLS | None = None,
+        max_message_bytes: int = 16 * 1024 * 1024,
     ) -> None:
-        self.channel = open_channel(target)
+        tls_kwargs = tls.kwargs() if tls else {}
+        self.channel = open_channel(target, max_message_bytes=max_message_bytes, **tls_kwargs)  # type: ignore[arg-type]
         self.stub = scorer_pb2_grpc.ScorerServiceStub(self.channel)
         self.chunk_size = chunk_size
         self.deadline = deadline_seconds
@@ -155,9 +158,16 @@ class GrpcProposer:
     """The :class:`~services.coordinator.search.TemplateProposer` port over OptimizerService."""
 
     def __init__(
-        self, target: str, *, deadline_seconds: float = 180.0, retry: RetryPolicy | None = None
+        self,
+        target: str,
+        *,
+        deadline_seconds: float = 180.0,
+        retry: RetryPolicy | None = None,
+        tls: ClientTLS | None = None,
+        max_message_bytes: int = 16 * 1024 * 1024,
     ) -> None:
-        self.channel = open_channel(target)
+        tls_kwargs = tls.kwargs() if tls else {}
+        self.channel = open_channel(target, max_message_bytes=max_message_bytes, **tls_kwargs)  # type: ignore[arg-type]
         self.stub = optimizer_pb2_grpc.OptimizerServiceStub(self.channel)
         self.deadline = deadline_seconds
         self.retry = retry or RetryPolicy()

@@ -23,6 +23,15 @@ def add_parsers(commands: Any, services: Any) -> None:
     p.add_argument("--metrics-port", type=int, help="Prometheus port (0 = any free)")
     p.add_argument("--lease-seconds", type=float, help="search lease (resume delay after a crash)")
     p.add_argument("--chunk-size", type=int, help="templates per scorer call")
+    p.add_argument("--auth-token-file", help="file holding the bearer token callers must send")
+    p.add_argument("--tls-cert", help="PEM certificate chain of this server; enables TLS")
+    p.add_argument("--tls-key", help="PEM key of --tls-cert")
+    p.add_argument("--tls-client-ca", help="PEM CA of client certificates; requires them (mTLS)")
+    p.add_argument("--upstream-tls-ca", help="PEM CA of the scorer/optimizer certificates (TLS to them)")
+    p.add_argument("--upstream-tls-cert", help="client certificate for mTLS to scorer/optimizer")
+    p.add_argument("--upstream-tls-key", help="key of --upstream-tls-cert")
+    p.add_argument("--upstream-tls-server-name", help="name expected in the upstream certificates")
+    p.add_argument("--log-level")
     p.set_defaults(func=_serve)
 
 
@@ -37,6 +46,15 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         lease_seconds=args.lease_seconds,
         chunk_size=args.chunk_size,
+        auth_token_file=args.auth_token_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        upstream_tls_ca=args.upstream_tls_ca,
+        upstream_tls_cert=args.upstream_tls_cert,
+        upstream_tls_key=args.upstream_tls_key,
+        upstream_tls_server_name=args.upstream_tls_server_name,
+        log_level=args.log_level,
     )
     return run_service(settings, lambda: serve(settings))
 
@@ -44,6 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
 async def serve(settings: CoordinatorSettings) -> None:
     """Run the coordinator until SIGTERM/SIGINT."""
     from promptclimb.api.v1 import coordinator_pb2_grpc
+    from promptclimb.common.auth import BearerTokenInterceptor
     from promptclimb.common.server import ServiceServer, announce
     from services.coordinator.clients import GrpcProposer, GrpcScorer, RetryPolicy
     from services.coordinator.runner import SearchRunner
@@ -58,9 +77,15 @@ async def serve(settings: CoordinatorSettings) -> None:
         max_concurrent_chunks=settings.max_concurrent_chunks,
         deadline_seconds=settings.scorer_deadline_seconds,
         retry=retry,
+        tls=settings.upstream_tls(),
+        max_message_bytes=settings.max_message_bytes,
     )
     proposer = GrpcProposer(
-        settings.optimizer, deadline_seconds=settings.optimizer_deadline_seconds, retry=retry
+        settings.optimizer,
+        deadline_seconds=settings.optimizer_deadline_seconds,
+        retry=retry,
+        tls=settings.upstream_tls(),
+        max_message_bytes=settings.max_message_bytes,
     )
     runner = SearchRunner(
         store,
@@ -76,6 +101,9 @@ async def serve(settings: CoordinatorSettings) -> None:
         settings=settings,
         service_names=[SERVICE_NAME],
         register=lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s),
+        interceptors=[BearerTokenInterceptor(settings.auth_token.get_secret_value())]
+        if settings.auth_token
+        else [],
     )
     port = await server.start()
     await runner.start()  # resumes unfinished searches whose lease is free

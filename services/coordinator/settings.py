@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from promptclimb.common.channels import ClientTLS
 from promptclimb.common.settings import ServerSettings
 
 
 class CoordinatorSettings(ServerSettings):
-    """Where the scorer, optimizer and store are, and how hard to push them."""
+    """Where the scorer, optimizer and store are, and how hard to push them.
+
+    The API token comes from the file named by ``auth_token_file`` (a mounted secret) when one is
+    named, else ``PROMPTCLIMB_COORDINATOR_AUTH_TOKEN``. It is a ``SecretStr``: never printed.
+    """
 
     model_config = SettingsConfigDict(env_prefix="PROMPTCLIMB_COORDINATOR_", extra="ignore")
 
@@ -27,3 +34,38 @@ class CoordinatorSettings(ServerSettings):
     )
     max_running_searches: int = Field(8, gt=0, description="Searches run at once by this replica")
     replica_id: str | None = Field(None, description="Lease owner name (default: host-pid-random)")
+    auth_token: SecretStr | None = Field(
+        None, description="Bearer token required on the public API (health stays open); unset = no check"
+    )
+    auth_token_file: Path | None = Field(None, description="File holding the bearer token (a mounted secret)")
+    upstream_tls_ca: Path | None = Field(
+        None, description="PEM CA that signs the scorer/optimizer certificates; enables TLS to them"
+    )
+    upstream_tls_cert: Path | None = Field(
+        None, description="Client certificate for mTLS to scorer/optimizer"
+    )
+    upstream_tls_key: Path | None = Field(None, description="Key of upstream_tls_cert")
+    upstream_tls_server_name: str | None = Field(
+        None, description="Name expected in the scorer/optimizer certificates, if not the target host"
+    )
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> CoordinatorSettings:
+        # A token file is named on purpose (flag or mounted secret), so it wins over the env value.
+        if self.auth_token_file is not None:
+            try:
+                token = self.auth_token_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"cannot read auth_token_file {self.auth_token_file}: {exc.strerror}"
+                ) from None
+            if not token:
+                raise ValueError(f"auth_token_file {self.auth_token_file} is empty")
+            self.auth_token = SecretStr(token)
+        return self
+
+    def upstream_tls(self) -> ClientTLS:
+        """TLS settings of the channels to the scorer and the optimizer."""
+        return ClientTLS(
+            self.upstream_tls_ca, self.upstream_tls_cert, self.upstream_tls_key, self.upstream_tls_server_name
+        )

@@ -40,6 +40,9 @@ def add_parsers(commands: Any, services: Any) -> None:
     p.add_argument("--text-cache-size", type=int)
     p.add_argument("--text-truncation", choices=["auto", "off"])
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--tls-cert", help="PEM certificate chain; enables TLS")
+    p.add_argument("--tls-key", help="PEM key of --tls-cert")
+    p.add_argument("--tls-client-ca", help="PEM CA of client certificates; requires them (mTLS)")
     p.add_argument("--log-level")
     p.set_defaults(func=run)
 
@@ -68,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
         text_truncation=args.text_truncation,
         threads=args.threads,
         log_level=args.log_level,
+        tls_cert=getattr(args, "tls_cert", None),
+        tls_key=getattr(args, "tls_key", None),
+        tls_client_ca=getattr(args, "tls_client_ca", None),
     )
     failed: list[BaseException] = []
     code = run_service(settings, lambda: serve(settings, failed))
