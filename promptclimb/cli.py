@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "services.optimizer.main",  # serve optimizer
     "services.coordinator.main",  # serve coordinator
     "services.coordinator.commands",  # up, search, eval
+    "services.scorer.bench",  # bench scorer, bench concurrency
+    "services.coordinator.reproduce",  # reproduce
 ]
 OPTIONAL_COMMAND_MODULES: list[str] = []
 

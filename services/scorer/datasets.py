@@ -134,6 +134,7 @@ def coop_fewshot(items: Sequence[Any], labels: Sequence[int], shots: int, rng: r
 def load_coop(dataset_id: str, split_json: Path, image_root: Path, shots: int, seed: int) -> FewShotSet:
     """A CoOp-style dataset: ``{"train"|"val"|"test": [[relpath, label, classname], ...]}``.
 
+    Class names have ``_`` replaced by a space, as CoOp does before filling its prompts.
     Sampling follows CoOp: ``random.seed(seed)``, then train ``shots``-shot and val
     ``min(shots, 4)``-shot; test is whole. ``shots=0`` keeps every split whole.
     """
@@ -148,7 +149,8 @@ def load_coop(dataset_id: str, split_json: Path, image_root: Path, shots: int, s
             names.setdefault(int(label), str(cname))
     if not names:
         raise DatasetError(f"CoOp split {str(split_json)!r} lists no images")
-    class_names = [names.get(i, str(i)) for i in range(max(names) + 1)]
+    # CoOp's prompt learner writes class names with spaces (UCF101's "Apply_Eye_Makeup" and the like).
+    class_names = [names.get(i, str(i)).replace("_", " ") for i in range(max(names) + 1)]
     # One generator seeded once, drawn train then val: the same sequence as CoOp's global seed.
     rng = random.Random(seed)
     splits: dict[str, Split] = {}
