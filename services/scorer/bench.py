@@ -179,7 +179,8 @@ class Row:
         mb = 2**20
         noprefix = "" if self.fast_noprefix_tps is None else f"{self.fast_noprefix_tps:9.2f}"
         return (
-            f"{self.backbone:9} {self.classes:5} {self.templates:3} ({self.fast_ran:2}/{self.baseline_ran:2}) "
+            f"{self.backbone:9} {self.classes:5} {self.templates:3} "
+            f"({self.fast_ran:2}/{self.baseline_ran:2}) "
             f"{self.baseline_tps:9.3f} {self.fast_tps:9.2f} {noprefix:>9} {self.cached_tps:10.1f} "
             f"{self.fast_tps / self.baseline_tps:7.1f}x {self.cached_tps / self.baseline_tps:9.0f}x "
             f"{self.baseline_mem / mb:7.0f} {self.fast_mem / mb:7.0f}  "
@@ -209,6 +210,7 @@ def _classes(n: int) -> list[str]:
 async def bench_scorer(args: argparse.Namespace) -> list[Row]:
     """Run the grid; returns the rows (also printed as they finish)."""
     import json
+    from pathlib import Path
 
     import open_clip
     import torch
@@ -298,12 +300,13 @@ async def bench_scorer(args: argparse.Namespace) -> list[Row]:
                 rows.append(row)
                 print(row.line(), flush=True)
                 if args.json:
-                    with open(args.json, "a") as f:
-                        f.write(json.dumps(row.__dict__ | {"device": args.device, "precision": args.precision}))
-                        f.write("\n")
+                    line = json.dumps(row.__dict__ | {"device": args.device, "precision": args.precision})
+                    with Path(args.json).open("a") as f:  # noqa: ASYNC230 (one line, between runs)
+                        f.write(line + "\n")
         await engine.close()
         del engine, clip
-    print(f"process peak RSS (getrusage maxrss): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"process peak RSS (getrusage maxrss): {maxrss:.0f} MiB")
     return rows
 
 
@@ -352,7 +355,9 @@ async def bench_concurrency(args: argparse.Namespace) -> dict[int, float]:
     names = _classes(args.classes)
     gen = torch.Generator().manual_seed(0)
     feats = torch.randn(500, engine.model.embed_dim, generator=gen)
-    engine.register_features("bench", names, "train", feats, torch.randint(0, len(names), (500,), generator=gen))
+    engine.register_features(
+        "bench", names, "train", feats, torch.randint(0, len(names), (500,), generator=gen)
+    )
     server = ServiceServer("scorer", settings, [SERVICE_NAME], lambda s: register(s, engine))
     port = await server.start()
     await server.set_ready(True)

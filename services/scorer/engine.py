@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from services.scorer import metrics
-from services.scorer.datasets import DatasetError, DatasetSpec, FewShotSet
+from services.scorer.datasets import DatasetError, DatasetSpec, FewShotSet, Split
 from services.scorer.features import load_or_compute
 from services.scorer.settings import ScorerSettings
 from services.scorer.templates import FilledTemplate, TemplateRejected, fill_all
@@ -291,6 +291,28 @@ def encode_shared_prefix(
     return x
 
 
+def length_buckets(lengths: Sequence[int], max_rows: int, min_rows: int = 256) -> list[list[int]]:
+    """Row indices in chunks of similar length, so each chunk is cut to little padding.
+
+    Rows are taken shortest first; a chunk closes at ``max_rows``, or when the next row is longer
+    and the chunk already holds ``min_rows`` (small chunks run the matrix units poorly).
+    """
+    order = sorted(range(len(lengths)), key=lambda j: lengths[j])
+    chunks: list[list[int]] = []
+    chunk: list[int] = []
+    for j in order:
+        if chunk and (
+            len(chunk) >= max_rows
+            or (lengths[j] > lengths[chunk[0]] and len(chunk) >= min(min_rows, max_rows))
+        ):
+            chunks.append(chunk)
+            chunk = []
+        chunk.append(j)
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
 def _pad_id(tokenizer: Any) -> int:
     inner = getattr(tokenizer, "tokenizer", None)  # HFTokenizer wraps a transformers tokenizer
     pad = getattr(inner, "pad_token_id", None)
@@ -337,7 +359,9 @@ class ClipModel:
         self.pad_id = _pad_id(self.tokenizer)
         self.truncation_exact = truncation_is_exact(model)
         self.truncate = self.truncation_exact and settings.text_truncation == "auto"
-        self.share_prefix = self.truncate and settings.prefix_sharing == "on" and prefix_sharing_is_exact(model)
+        self.share_prefix = (
+            self.truncate and settings.prefix_sharing == "on" and prefix_sharing_is_exact(model)
+        )
         self.id = f"{settings.model}|{self.pretrained}|{settings.precision}"
         self.fingerprint = model_fingerprint(model, f"{self.id}|{preprocess}")
         # One tiny forward gives the embedding width for any tower type (CLIP, custom text, HF).
@@ -444,6 +468,10 @@ class TextEmbeddingCache:
         while len(self._items) > self.size:
             self._items.popitem(last=False)
 
+    def clear(self) -> None:
+        """Forget every embedding."""
+        self._items.clear()
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -537,6 +565,31 @@ class ScoringEngine:
         dataset.ready = True
         self.datasets[dataset.id] = dataset
         self._specs[spec.id] = spec
+        return dataset
+
+    def register_features(
+        self, dataset_id: str, class_names: Sequence[str], split: str, features: Any, labels: Any
+    ) -> FewShotSet:
+        """Register a split from already computed image features (benchmarks, offline tools).
+
+        ``features`` (N, D) are L2-normalised here; ``labels`` (N,) index ``class_names``.
+        """
+        import torch
+
+        if self.model is None:
+            raise NotReady("the model is still loading")
+        feats = torch.nn.functional.normalize(torch.as_tensor(features).float(), dim=-1)
+        labels_t = torch.as_tensor(labels, dtype=torch.long)
+        dataset = self.datasets.get(dataset_id)
+        if dataset is None:
+            dataset = FewShotSet(dataset_id, list(class_names), {}, source="features", ready=True)
+            self.datasets[dataset_id] = dataset
+        elif dataset.class_names != list(class_names):
+            raise DatasetConflict(f"dataset {dataset_id!r} is already registered with other classes")
+        dataset.splits[split] = Split(
+            split, labels_t.tolist(), lambda i: None, lambda: f"features:{dataset_id}:{split}"
+        )
+        self._features[(dataset_id, split)] = (feats.to(self.model.device), labels_t.to(self.model.device))
         return dataset
 
     def model_info(self) -> ModelInfo:
@@ -671,45 +724,64 @@ class ScoringEngine:
                     job.future.set_result(result)
 
     # -- the torch work (runs in a worker thread) --
-    def _embed(self, texts: set[str]) -> tuple[dict[str, Any], dict[str, str]]:
-        """Normalised embeddings of ``texts`` (cache first) and the over-long ones with a reason."""
+    def _embed(self, groups: Sequence[Sequence[str]]) -> tuple[dict[str, Any], dict[str, str]]:
+        """Normalised embeddings of the texts (cache first) and the over-long ones with a reason.
+
+        ``groups`` are the filled texts of each template; with prefix sharing the texts of one
+        group share their leading tokens, which are then encoded once.
+        """
         assert self.model is not None
         m = self.model
         found: dict[str, Any] = {}
         misses: list[str] = []
-        for text in texts:
-            emb = self.cache.get((m.id, text))
-            if emb is None:
-                misses.append(text)
-            else:
-                found[text] = emb
+        group_of: list[int] = []
+        seen: set[str] = set()
+        for g, texts in enumerate(groups):
+            for text in texts:
+                if text in seen:
+                    continue
+                seen.add(text)
+                emb = self.cache.get((m.id, text))
+                if emb is None:
+                    misses.append(text)
+                    group_of.append(g)
+                else:
+                    found[text] = emb
         metrics.CACHE_HITS.inc(len(found))
         metrics.CACHE_MISSES.inc(len(misses))
         too_long: dict[str, str] = {}
-        if misses:
-            tokens, over = m.tokenize(misses)
-            keep = [i for i, o in enumerate(over) if not o]
-            for i, o in enumerate(over):
-                if o:
-                    too_long[misses[i]] = f"longer than the {m.context_length}-token context"
-            # Shortest first: each chunk is then cut to a similar length (less padding to compute).
-            lengths = (tokens[keep] != m.pad_id).sum(dim=1).tolist() if keep else []
-            order = [keep[j] for j in sorted(range(len(keep)), key=lambda j: lengths[j])]
-            step = self.settings.text_batch_size
-            for start in range(0, len(order), step):
-                idx = order[start : start + step]
+        if not misses:
+            return found, too_long
+        tokens, over = m.tokenize(misses)
+        keep = [i for i, o in enumerate(over) if not o]
+        for i, o in enumerate(over):
+            if o:
+                too_long[misses[i]] = f"longer than the {m.context_length}-token context"
+        if not keep:
+            return found, too_long
+        tokens, kept_groups = tokens[keep], [group_of[i] for i in keep]
+        lengths = m.real_lengths(tokens)
+        prefix = None
+        if m.share_prefix:
+            prefix = common_prefix_lengths(tokens, lengths, kept_groups)
+            lengths = lengths - prefix  # what each row still computes is its suffix
+        for idx in length_buckets(lengths.tolist(), self.settings.text_batch_size):
+            if prefix is not None:
+                embs = m.encode_text_shared(tokens[idx], prefix[idx], [kept_groups[j] for j in idx])
+            else:
                 embs = m.encode_text(tokens[idx])
-                for i, emb in zip(idx, embs, strict=True):
-                    found[misses[i]] = emb
-                    self.cache.put((m.id, misses[i]), emb)
+            for j, emb in zip(idx, embs, strict=True):
+                text = misses[keep[j]]
+                found[text] = emb
+                self.cache.put((m.id, text), emb)
         return found, too_long
 
     def _compute(self, batch: list[_Job]) -> list[Evaluation]:
         import torch
 
         start = time.perf_counter()
-        texts = {t for job in batch for f in job.filled if not isinstance(f, str) for t in f.texts}
-        embs, too_long = self._embed(texts)
+        groups = [f.texts for job in batch for f in job.filled if not isinstance(f, str)]
+        embs, too_long = self._embed(groups)
         out = []
         for job in batch:
             feats, labels = self._features[(job.dataset.id, job.split)]
@@ -794,5 +866,9 @@ __all__ = [
     "TextEmbeddingCache",
     "UnknownDataset",
     "UnknownSplit",
+    "common_prefix_lengths",
+    "encode_shared_prefix",
+    "length_buckets",
+    "prefix_sharing_is_exact",
     "truncation_is_exact",
 ]

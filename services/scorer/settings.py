@@ -32,4 +32,8 @@ class ScorerSettings(ServerSettings):
     text_truncation: Literal["auto", "off"] = Field(
         "auto", description="auto = cut padding after end-of-text where exact; off = full context"
     )
+    prefix_sharing: Literal["on", "off"] = Field(
+        "on",
+        description="on = encode each template's common token prefix once (KV cache) where exact",
+    )
     threads: int | None = Field(None, gt=0, description="torch CPU threads; unset = torch default")
