@@ -153,7 +153,7 @@ class CoordinatorClient:
         tls_key: Path | None = None,
         tls_server_name: str | None = None,
     ) -> None:
-        env = ClientSettings()
+        env = ClientSettings()  # type: ignore[call-arg]  # every field has a default
         self.channel = open_channel(
             target,
             tls_ca=tls_ca or env.tls_ca,

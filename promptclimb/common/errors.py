@@ -13,9 +13,28 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+# Status message and details travel in HTTP/2 trailers, which clients cap at 8-16 KiB; an error
+# that echoes a huge hostile input would otherwise reach the caller as a transport failure
+# ("metadata size exceeds limit") instead of its real code. Budgets are UTF-8 bytes.
+MAX_MESSAGE_BYTES = 512
+MAX_DETAIL_BYTES = 256
+MAX_VIOLATIONS = 8
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary), marked with "…"."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode("utf-8", "ignore") + "…"
+
 
 class ServiceError(Exception):
-    """An error with the gRPC status code it should be reported with."""
+    """An error with the gRPC status code it should be reported with.
+
+    Message, field violations and resource name are clipped to fixed byte budgets so that the
+    status always fits in the trailers whatever input it quotes.
+    """
 
     def __init__(
         self,
@@ -26,12 +45,15 @@ class ServiceError(Exception):
         retry_after_seconds: float | None = None,
         resource: tuple[str, str] | None = None,
     ) -> None:
+        message = clip(message, MAX_MESSAGE_BYTES)
         super().__init__(message)
         self.code = code
         self.message = message
-        self.field_violations = list(field_violations)
+        self.field_violations = [
+            (clip(f, MAX_DETAIL_BYTES // 2), clip(d, MAX_DETAIL_BYTES)) for f, d in field_violations
+        ][:MAX_VIOLATIONS]
         self.retry_after_seconds = retry_after_seconds
-        self.resource = resource
+        self.resource = (resource[0], clip(resource[1], MAX_DETAIL_BYTES)) if resource is not None else None
 
     def to_status(self) -> grpc.Status:
         """Build the rich status (BadRequest, RetryInfo, ResourceInfo details as set)."""

@@ -8,10 +8,12 @@ interceptor, message-size limits, optional TLS/mTLS and SIGTERM handling live he
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -39,6 +41,80 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
     return grpc.ssl_server_credentials(
         [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """Stands in for a request whose bytes were not a valid message of the method's type."""
+
+    type_name: str
+    reason: str
+
+
+def _guarded(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # protobuf's DecodeError, or any deserializer failure
+            owner = getattr(deserializer, "__self__", None)
+            return _Undecodable(getattr(owner, "__name__", "request"), type(exc).__name__)
+
+    return decode
+
+
+class DecodeGuardInterceptor(grpc.aio.ServerInterceptor):
+    """Answers undecodable request bytes with INVALID_ARGUMENT.
+
+    Without it grpc.aio reports a request that fails to parse as UNKNOWN and logs a traceback at
+    ERROR level for every such call: garbage from a client is the client's error, not ours.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """Wrap the handler's deserializer and behaviour (unary requests only; streams pass)."""
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler
+        des, ser = _guarded(handler.request_deserializer), handler.response_serializer
+
+        async def refuse(request: _Undecodable, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request is not a valid {request.type_name} message ({request.reason})",
+            )
+
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if isinstance(request, _Undecodable):
+                    await refuse(request, context)
+                return await inner_uu(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, des, ser)
+        inner_us = handler.unary_stream
+        if inspect.iscoroutinefunction(inner_us):  # a context.write() handler (health Watch)
+
+            async def writer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if isinstance(request, _Undecodable):
+                    await refuse(request, context)
+                return await inner_us(request, context)
+
+            return grpc.unary_stream_rpc_method_handler(writer, des, ser)
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if isinstance(request, _Undecodable):
+                await refuse(request, context)
+            async for item in inner_us(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(stream, des, ser)
 
 
 def channel_options(max_message_bytes: int, *, round_robin: bool = False) -> list[tuple[str, object]]:
@@ -80,7 +156,9 @@ class ServiceServer:
         if s.max_connection_age_seconds:
             options.append(("grpc.max_connection_age_ms", int(s.max_connection_age_seconds * 1000)))
             options.append(("grpc.max_connection_age_grace_ms", int(s.grace_seconds * 1000)))
-        server = grpc.aio.server(interceptors=[MetricsInterceptor(), *self.interceptors], options=options)
+        # The decode guard is innermost, so metrics and auth see its INVALID_ARGUMENT like any other.
+        interceptors = [MetricsInterceptor(), *self.interceptors, DecodeGuardInterceptor()]
+        server = grpc.aio.server(interceptors=interceptors, options=options)
         self.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, server)
         reflection.enable_server_reflection(

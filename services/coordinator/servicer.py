@@ -28,6 +28,7 @@ from services.coordinator.runner import SearchRunner
 from services.coordinator.watch import watch
 
 MAX_PAGE_SIZE = 100
+MAX_OFFSET = 2**62  # below every database's 64-bit integer limit
 
 
 def _full(view: int) -> bool:
@@ -101,6 +102,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             try:
                 offset = int(base64.urlsafe_b64decode(request.page_token.encode()).decode())
             except ValueError:
+                offset = -1
+            if not 0 <= offset <= MAX_OFFSET:  # a forged offset must not reach the database
                 await abort(context, invalid_argument("not a token this server issued", "page_token"))
         state = STATE_FROM_PROTO.get(request.state) if request.state else None
         records = self.store.list_searches(state=state, limit=size + 1, offset=offset)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 
 from promptclimb.api.v1 import common_pb2, optimizer_pb2, optimizer_pb2_grpc
@@ -97,4 +99,10 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
         except OptimizerError as error:
             await abort(context, to_service_error(error))
             raise  # abort raises; this line only satisfies type checkers
+        except json.JSONDecodeError as error:
+            # The openai client raises this for a 200 whose body is not JSON: a broken or
+            # half-written reply from the endpoint, worth another try like a 5xx.
+            unavailable = LLMUnavailable(f"the LLM endpoint sent a malformed reply: {error.msg}", 1.0)
+            await abort(context, to_service_error(unavailable))
+            raise
         return to_proto(proposal)

@@ -143,7 +143,14 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
 
         async def work() -> FewShotSet:
             spec = spec_of(request)
-            return await asyncio.to_thread(self.engine.register, spec)
+            try:
+                return await asyncio.to_thread(self.engine.register, spec)
+            except (DatasetError, eng.ScorerError):
+                raise
+            except (OSError, ValueError) as exc:
+                # A path the OS cannot look up (too long, NUL byte, no permission) is the caller's.
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise DatasetError(f"cannot read the dataset source: {reason}") from exc
 
         dataset = await self._call(context, work)
         return scorer_pb2.RegisterDatasetResponse(dataset=dataset_message(dataset))
