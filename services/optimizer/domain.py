@@ -118,8 +118,9 @@ def validate(request: ProposalRequest) -> None:
         raise InvalidRequest("best_k", f"best_k must be between 1 and {MAX_K}, got {request.best_k}")
     if not 0 <= request.worst_k <= MAX_K:
         raise InvalidRequest("worst_k", f"worst_k must be between 0 and {MAX_K}, got {request.worst_k}")
-    if not request.history:
-        raise InvalidRequest("history", "history is empty: score an initial pool of templates first")
+    if not request.history and request.conversation:
+        # Feedback turns report accuracies from the history; an empty history means nothing to report.
+        raise InvalidRequest("history", "history is empty but the conversation is not: nothing to report")
     if len(request.history) > MAX_HISTORY:
         raise InvalidRequest(
             "history", f"history holds {len(request.history)} templates, at most {MAX_HISTORY}"

@@ -79,6 +79,17 @@ def best_and_worst(request: ProposalRequest) -> tuple[list[ScoredTemplate], list
     return best, worst
 
 
+def starters(request: ProposalRequest) -> list[ChatMessage]:
+    """Empty history: ask for diverse starting templates (a search seeded by the LLM)."""
+    lines = task_lines(request)
+    lines += [
+        f"Write {request.num_templates} diverse templates for this task: vary the wording, the kind of "
+        "image they describe and the context words around the class name.",
+        answer_format(request.num_templates),
+    ]
+    return [ChatMessage("system", SYSTEM_PROMPT), ChatMessage("user", "\n".join(lines))]
+
+
 def bullet_list(templates: list[ScoredTemplate]) -> list[str]:
     """``- "a photo of a {}." (86.7%)`` lines."""
     return [f'- "{s.template}" ({percent(s.accuracy)})' for s in templates]
@@ -94,6 +105,8 @@ class Contrast:
 
     def messages(self, request: ProposalRequest) -> list[ChatMessage]:
         """System message and one user turn with good and bad examples."""
+        if not request.history:
+            return starters(request)
         best, worst = best_and_worst(request)
         lines = task_lines(request)
         lines += ["Here are templates with the accuracy CLIP reached with them.", "", "Good templates:"]
@@ -119,6 +132,8 @@ class Trajectory:
 
     def messages(self, request: ProposalRequest) -> list[ChatMessage]:
         """System message and one user turn listing templates from worst to best."""
+        if not request.history:
+            return starters(request)
         shown = list(reversed(ranked(request.history)[: request.best_k]))
         lines = task_lines(request)
         lines += [
@@ -149,6 +164,8 @@ class Conversation:
 
     def messages(self, request: ProposalRequest) -> list[ChatMessage]:
         """The conversation so far plus the next user turn (the opening one when it is empty)."""
+        if not request.history:
+            return starters(request)
         if not request.conversation:
             return [ChatMessage("system", SYSTEM_PROMPT), ChatMessage("user", self.opening(request))]
         return [*request.conversation, ChatMessage("user", self.feedback(request))]

@@ -105,7 +105,17 @@ async def test_conversation_continues_from_the_returned_conversation(
         ({"worst_k": -1}, "worst_k"),
         ({"num_templates": 0}, "num_templates"),
         ({"num_templates": 21}, "num_templates"),
-        ({"history": []}, "history"),
+        (
+            {
+                "history": [],
+                "strategy": common_pb2.STRATEGY_CONVERSATION,
+                "conversation": [
+                    common_pb2.ChatMessage(role="user", content="write templates"),
+                    common_pb2.ChatMessage(role="assistant", content='{"templates": ["a {}"]}'),
+                ],
+            },
+            "history",
+        ),
         ({"history": [common_pb2.ScoredTemplate(template="a {}", accuracy=1.5)]}, "history[0].accuracy"),
         ({"temperature": 3.0}, "temperature"),
         (
@@ -189,3 +199,21 @@ async def test_health_is_serving_and_reflection_lists_the_service(
         answer = await health.Check(health_pb2.HealthCheckRequest(service=name))
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
     assert SERVICE_NAME in server.service_names
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [common_pb2.STRATEGY_CONVERSATION, common_pb2.STRATEGY_CONTRAST, common_pb2.STRATEGY_TRAJECTORY],
+)
+async def test_empty_history_asks_for_diverse_starters(
+    fake: FakeOpenAI, start_server: Start, strategy: int
+) -> None:
+    """A search seeded by the LLM (`llm_starters`) sends no history: every strategy asks for starters."""
+    fake.default = reply_for
+    stub, _channel, _server = await start_server(llm_base_url=fake.base_url)
+    response = await stub.ProposePrompts(proto_request(strategy, history=[], num_templates=3))
+    assert len(response.templates) == 3  # nothing to dedupe against, so "a photo of a {}." stays
+    user_turn = fake.requests[-1]["messages"][-1]["content"]
+    assert user_turn.startswith("Task: classify photos of clothing items (Fashion-MNIST).")
+    assert "Write 3 diverse templates for this task" in user_turn
+    assert "Good templates" not in user_turn and "scored well" not in user_turn

@@ -184,3 +184,14 @@ async def test_store_locked_for_seconds_then_released(stack: Stack) -> None:
     assert [t.origin for t in done.history][:POOL] == ["pool"] * POOL
     assert sum(t.origin == "llm" for t in done.history) == 4
     assert [i.iteration for i in done.iterations] == [0, 1, 2, 3, 4]
+
+
+async def test_search_seeded_by_the_llm_runs_through_the_real_optimizer(stack: Stack) -> None:
+    """`llm_starters`: the seeding call carries no history, and the real optimizer answers it."""
+    search = await stack.client.start(dataset="toy", llm_starters=2, iterations=2, templates_per_iteration=2)
+    done = await asyncio.wait_for(stack.client.wait(search.name), 60)
+    assert state(done) == "SUCCEEDED", done.end_reason
+    origins = [t.origin for t in done.history]
+    assert origins[0] == "llm" and "pool" not in origins
+    seeding = stack.llm.requests[0]["messages"][-1]["content"]
+    assert "diverse templates" in seeding
