@@ -77,6 +77,14 @@ class DatasetConflict(ScorerError):
     """A dataset id is already registered from another source (ALREADY_EXISTS)."""
 
 
+class SourceNotAllowed(ScorerError):
+    """A RegisterDataset path lies outside the configured register roots (PERMISSION_DENIED)."""
+
+
+class TooManyDatasets(ScorerError):
+    """The registry is at ``max_datasets`` (RESOURCE_EXHAUSTED)."""
+
+
 # ---- results ----------------------------------------------------------------------------------
 @dataclass
 class TemplateResult:
@@ -543,6 +551,8 @@ class ScoringEngine:
             if known == spec:
                 return self.datasets[spec.id]
             raise DatasetConflict(f"dataset {spec.id!r} is already registered from another source")
+        if len(self._specs) >= self.settings.max_datasets:
+            raise TooManyDatasets(f"{len(self._specs)} datasets are registered, the limit (max_datasets)")
         dataset = spec.load()
         cache_dir = Path(self.settings.cache_dir) if self.settings.cache_dir else None
         import torch

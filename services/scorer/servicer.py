@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -35,6 +36,10 @@ def to_service_error(exc: Exception) -> ServiceError:
         return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), retry_after_seconds=exc.retry_after)
     if isinstance(exc, eng.DatasetConflict):
         return ServiceError(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+    if isinstance(exc, eng.SourceNotAllowed):
+        return ServiceError(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+    if isinstance(exc, eng.TooManyDatasets):
+        return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     if isinstance(exc, DatasetError):
         return invalid_argument(str(exc), "source")
     raise exc
@@ -84,6 +89,28 @@ def spec_of(request: scorer_pb2.RegisterDatasetRequest) -> DatasetSpec:
         }
         return DatasetSpec(request.id, "coop", c.split_json, options)
     raise eng.BadRequest("one of image_folder, coop, array must be set", "source")
+
+
+def check_register_roots(spec: DatasetSpec, roots: Sequence[Path]) -> None:
+    """Refuse a run-time registration that reads outside ``roots`` (no roots: anything goes).
+
+    Callers of RegisterDataset are remote; without a root list any of them could make the scorer
+    walk any folder it can read. Paths are resolved first, so ``..`` and symlinks cannot escape.
+    """
+    if not roots:
+        return
+    paths = [spec.path, *(spec.options.get(k, "") for k in ("root",))]
+    allowed = [Path(r).resolve() for r in roots]
+    for raw in filter(None, paths):
+        try:
+            resolved = Path(raw).expanduser().resolve()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise eng.BadRequest(f"cannot resolve the dataset path: {exc}", "source") from exc
+        if not any(resolved == root or root in resolved.parents for root in allowed):
+            raise eng.SourceNotAllowed(
+                "dataset paths must lie under the scorer's register roots "
+                f"({', '.join(str(r) for r in allowed)})"
+            )
 
 
 class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
@@ -143,6 +170,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
 
         async def work() -> FewShotSet:
             spec = spec_of(request)
+            check_register_roots(spec, self.engine.settings.register_roots)
             try:
                 return await asyncio.to_thread(self.engine.register, spec)
             except (DatasetError, eng.ScorerError):

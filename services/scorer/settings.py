@@ -37,3 +37,8 @@ class ScorerSettings(ServerSettings):
         description="on = encode each template's common token prefix once (KV cache) where exact",
     )
     threads: int | None = Field(None, gt=0, description="torch CPU threads; unset = torch default")
+    register_roots: list[Path] = Field(
+        default_factory=list,
+        description="folders RegisterDataset may read (JSON list); empty = any path the process can read",
+    )
+    max_datasets: int = Field(64, gt=0, description="most datasets registered at once")

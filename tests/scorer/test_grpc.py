@@ -131,3 +131,35 @@ async def test_register_dataset_at_run_time(running: Running, images: Path, tmp_
     assert call.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     listed = await running.stub.ListDatasets(scorer_pb2.ListDatasetsRequest())
     assert [d.id for d in listed.datasets] == ["fm", "pics"]
+
+
+async def test_register_roots_and_dataset_limit(tiny_model: Path, images: Path, tmp_path: Path) -> None:
+    """Remote callers may only register data under the configured roots, and only so many sets."""
+    settings = ScorerSettings(model=f"local-dir:{tiny_model}", register_roots=[images], max_datasets=1)
+    engine = ScoringEngine(settings)
+    server = ServiceServer("scorer", settings, [SERVICE_NAME], lambda s: register(s, engine))
+    port = await server.start()
+    await asyncio.to_thread(engine.load_model)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = scorer_pb2_grpc.ScorerServiceStub(channel)
+
+            def folder(id_: str, path: str) -> scorer_pb2.RegisterDatasetRequest:
+                return scorer_pb2.RegisterDatasetRequest(
+                    id=id_, image_folder=scorer_pb2.ImageFolderSource(path=path)
+                )
+
+            for outside in ("/", "/etc", f"{images}/..", str(tmp_path)):
+                with pytest.raises(grpc.aio.AioRpcError) as call:
+                    await stub.RegisterDataset(folder("escape", outside))
+                assert call.value.code() == grpc.StatusCode.PERMISSION_DENIED, outside
+            ok = await stub.RegisterDataset(folder("pics", str(images)))
+            assert ok.dataset.ready
+            with pytest.raises(grpc.aio.AioRpcError) as call:
+                await stub.RegisterDataset(folder("pics2", str(images)))
+            assert call.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            listed = await stub.ListDatasets(scorer_pb2.ListDatasetsRequest())
+            assert [d.id for d in listed.datasets] == ["pics"]
+    finally:
+        await engine.close()
+        await server.stop(0)
