@@ -108,7 +108,10 @@ def test_reflection_lists_the_services(scorer: ScorerProcess) -> None:
 
 
 def _promtool() -> str | None:
-    return os.environ.get("PROMPTCLIMB_PROMTOOL") or shutil.which("promtool")
+    """$PROMPTCLIMB_PROMTOOL, PATH, or the copy tools/install_prometheus.sh unpacks into .cache/."""
+    unpacked = Path(__file__).resolve().parents[2] / ".cache" / "prometheus" / "usr" / "bin" / "promtool"
+    found = os.environ.get("PROMPTCLIMB_PROMTOOL") or shutil.which("promtool")
+    return found or (str(unpacked) if unpacked.is_file() else None)
 
 
 def test_metrics_after_a_call_are_promtool_clean(scorer: ScorerProcess, tmp_path: Path) -> None:
@@ -142,7 +145,7 @@ def test_metrics_after_a_call_are_promtool_clean(scorer: ScorerProcess, tmp_path
     promtool = _promtool()
     if promtool is None:
         if os.environ.get("PROMPTCLIMB_REQUIRE_TOOLS"):
-            pytest.fail("promtool not found (set PROMPTCLIMB_PROMTOOL or put it on PATH)")
+            pytest.fail("promtool not found (run tools/install_prometheus.sh, or set PROMPTCLIMB_PROMTOOL)")
         pytest.skip("promtool not installed")
     checked = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
