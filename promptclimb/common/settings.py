@@ -6,6 +6,7 @@ e.g. ``PROMPTCLIMB_SCORER_PORT``), then command-line flags (passed as keyword ar
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,3 +42,26 @@ S = TypeVar("S", bound=BaseSettings)
 def with_overrides(cls: type[S], **flags: Any) -> S:
     """Build settings where flags that were given (not None) override env and defaults."""
     return cls(**{k: v for k, v in flags.items() if v is not None})
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every ``promptclimb serve SERVICE`` takes (the :class:`ServerSettings` fields)."""
+    g = parser.add_argument_group("server")
+    g.add_argument("--host", help="interface to bind (default 127.0.0.1; 0.0.0.0 in a pod)")
+    g.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (printed)")
+    g.add_argument("--metrics-port", type=int, help="Prometheus /metrics port; 0 picks a free one")
+    g.add_argument("--grace-seconds", type=float, help="graceful-stop grace after SIGTERM (10)")
+    g.add_argument("--max-message-bytes", type=int, help="largest gRPC message in or out (16 MiB)")
+    g.add_argument("--tls-cert", type=Path, help="PEM certificate chain; enables TLS")
+    g.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
+    g.add_argument("--tls-client-ca", type=Path, help="PEM CA of client certificates; requires them (mTLS)")
+    g.add_argument("--log-level", help="DEBUG, INFO, WARNING…")
+
+
+def server_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The values of :func:`add_server_arguments`' flags, for :func:`with_overrides`."""
+    names = (
+        "host", "port", "metrics_port", "grace_seconds", "max_message_bytes",
+        "tls_cert", "tls_key", "tls_client_ca", "log_level",
+    )  # fmt: skip
+    return {name: getattr(args, name, None) for name in names}

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from promptclimb.common.runner import run_service
-from promptclimb.common.settings import with_overrides
+from promptclimb.common.settings import add_server_arguments, server_flags, with_overrides
 from services.coordinator.settings import CoordinatorSettings
 
 SERVICE_NAME = "promptclimb.api.v1.CoordinatorService"
@@ -15,46 +15,34 @@ SERVICE_NAME = "promptclimb.api.v1.CoordinatorService"
 def add_parsers(commands: Any, services: Any) -> None:
     """Register ``serve coordinator``."""
     p = services.add_parser("coordinator", help="run the search coordinator (the public API)")
+    add_server_arguments(p)
     p.add_argument("--scorer", help="scorer target: host:port, a comma list, or dns:///name:port")
     p.add_argument("--optimizer", help="optimizer target")
     p.add_argument("--store", help="SQLite file path or SQLAlchemy URL (default promptclimb.db)")
-    p.add_argument("--host", help="interface to bind")
-    p.add_argument("--port", type=int, help="gRPC port (0 = any free, printed)")
-    p.add_argument("--metrics-port", type=int, help="Prometheus port (0 = any free)")
     p.add_argument("--lease-seconds", type=float, help="search lease (resume delay after a crash)")
     p.add_argument("--chunk-size", type=int, help="templates per scorer call")
     p.add_argument("--auth-token-file", help="file holding the bearer token callers must send")
-    p.add_argument("--tls-cert", help="PEM certificate chain of this server; enables TLS")
-    p.add_argument("--tls-key", help="PEM key of --tls-cert")
-    p.add_argument("--tls-client-ca", help="PEM CA of client certificates; requires them (mTLS)")
     p.add_argument("--upstream-tls-ca", help="PEM CA of the scorer/optimizer certificates (TLS to them)")
     p.add_argument("--upstream-tls-cert", help="client certificate for mTLS to scorer/optimizer")
     p.add_argument("--upstream-tls-key", help="key of --upstream-tls-cert")
     p.add_argument("--upstream-tls-server-name", help="name expected in the upstream certificates")
-    p.add_argument("--log-level")
     p.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     settings = with_overrides(
         CoordinatorSettings,
+        **server_flags(args),
         scorer=args.scorer,
         optimizer=args.optimizer,
         store=args.store,
-        host=args.host,
-        port=args.port,
-        metrics_port=args.metrics_port,
         lease_seconds=args.lease_seconds,
         chunk_size=args.chunk_size,
         auth_token_file=args.auth_token_file,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
         upstream_tls_ca=args.upstream_tls_ca,
         upstream_tls_cert=args.upstream_tls_cert,
         upstream_tls_key=args.upstream_tls_key,
         upstream_tls_server_name=args.upstream_tls_server_name,
-        log_level=args.log_level,
     )
     return run_service(settings, lambda: serve(settings))
 

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from promptclimb.common.runner import run_service
 from promptclimb.common.server import ServiceServer, announce
-from promptclimb.common.settings import with_overrides
+from promptclimb.common.settings import add_server_arguments, server_flags, with_overrides
 from services.optimizer.settings import OptimizerSettings
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,7 @@ def _run(args: argparse.Namespace) -> int:
 def _settings_from(args: argparse.Namespace) -> OptimizerSettings:
     return with_overrides(
         OptimizerSettings,
-        host=args.host,
-        port=args.port,
-        metrics_port=args.metrics_port,
-        log_level=args.log_level,
+        **server_flags(args),
         llm_base_url=args.llm_base_url,
         llm_model=args.llm_model,
         llm_api_key_file=args.llm_api_key_file,
@@ -99,9 +96,6 @@ def _settings_from(args: argparse.Namespace) -> OptimizerSettings:
         max_retries=args.max_retries,
         structured_output=args.structured_output,
         cache_dir=args.cache_dir,
-        tls_cert=getattr(args, "tls_cert", None),
-        tls_key=getattr(args, "tls_key", None),
-        tls_client_ca=getattr(args, "tls_client_ca", None),
     )
 
 
@@ -115,10 +109,7 @@ def add_parsers(commands: Any, services: Any) -> None:
         "Every flag also reads from PROMPTCLIMB_OPTIMIZER_<NAME>; the API key from "
         "--llm-api-key-file, PROMPTCLIMB_OPTIMIZER_LLM_API_KEY or OPENAI_API_KEY.",
     )
-    p.add_argument("--host", help="interface to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="gRPC port (0 = any free port, printed)")
-    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0 = any)")
-    p.add_argument("--log-level", help="DEBUG, INFO, WARNING...")
+    add_server_arguments(p)
     p.add_argument("--llm-base-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1")
     p.add_argument("--llm-model", help="model name sent with each request")
     p.add_argument("--llm-api-key-file", type=Path, help="file holding the API key (mounted secret)")
@@ -131,7 +122,4 @@ def add_parsers(commands: Any, services: Any) -> None:
         help="response_format dialect for JSON replies (auto: try each, then plain text)",
     )
     p.add_argument("--cache-dir", type=Path, help="on-disk response cache (off unless given)")
-    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain; enables TLS")
-    p.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
-    p.add_argument("--tls-client-ca", type=Path, help="PEM CA of client certificates; requires them (mTLS)")
     p.set_defaults(func=_run)

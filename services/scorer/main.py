@@ -13,15 +13,15 @@ import logging
 import sys
 from typing import Any
 
+from promptclimb.common.settings import add_server_arguments
+
 log = logging.getLogger(__name__)
 
 
 def add_parsers(commands: Any, services: Any) -> None:
     """Register ``serve scorer``."""
     p = services.add_parser("scorer", help="score prompt templates with a CLIP model")
-    p.add_argument("--host", help="interface to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (printed)")
-    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port; 0 picks a free one")
+    add_server_arguments(p)
     p.add_argument("--model", help="open_clip model name, local-dir:PATH or hf-hub:ORG/REPO")
     p.add_argument("--pretrained", help="open_clip pretrained tag or a weights file")
     p.add_argument("--device", help="torch device (cpu, cuda, cuda:1)")
@@ -40,24 +40,18 @@ def add_parsers(commands: Any, services: Any) -> None:
     p.add_argument("--text-cache-size", type=int)
     p.add_argument("--text-truncation", choices=["auto", "off"])
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--tls-cert", help="PEM certificate chain; enables TLS")
-    p.add_argument("--tls-key", help="PEM key of --tls-cert")
-    p.add_argument("--tls-client-ca", help="PEM CA of client certificates; requires them (mTLS)")
-    p.add_argument("--log-level")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``serve scorer``."""
     from promptclimb.common.runner import run_service
-    from promptclimb.common.settings import with_overrides
+    from promptclimb.common.settings import server_flags, with_overrides
     from services.scorer.settings import ScorerSettings
 
     settings = with_overrides(
         ScorerSettings,
-        host=args.host,
-        port=args.port,
-        metrics_port=args.metrics_port,
+        **server_flags(args),
         model=args.model,
         pretrained=args.pretrained,
         device=args.device,
@@ -70,10 +64,6 @@ def run(args: argparse.Namespace) -> int:
         text_cache_size=args.text_cache_size,
         text_truncation=args.text_truncation,
         threads=args.threads,
-        log_level=args.log_level,
-        tls_cert=getattr(args, "tls_cert", None),
-        tls_key=getattr(args, "tls_key", None),
-        tls_client_ca=getattr(args, "tls_client_ca", None),
     )
     failed: list[BaseException] = []
     code = run_service(settings, lambda: serve(settings, failed))
