@@ -4,6 +4,11 @@ A background loop (every third of the lease) renews this replica's leases, notic
 cancellation requests made on other replicas, and claims every unfinished search whose lease is
 free or expired — which is how a restarted coordinator resumes what it (or a dead peer) was
 running. A search resumes by replaying its journal (see :mod:`services.coordinator.search`).
+
+A store outage (SQLite locked, PostgreSQL restarting) is ridden out: every store call a search
+makes is retried with backoff for ``store_retry_seconds``; past that the search ends FAILED with
+the reason, or — when even that can not be written — stays RUNNING under a lease that expires,
+so this replica or a peer resumes it from its journal once the store is back.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from services.coordinator import metrics
 from services.coordinator.pools import initial_templates
@@ -31,13 +37,52 @@ from services.coordinator.search import (
 from services.coordinator.store import (
     CANCELLED,
     FAILED,
+    MAX_OWNER_CHARS,
     SUCCEEDED,
     SearchRecord,
     SearchStore,
+    is_transient,
 )
 from services.coordinator.watch import ITERATION_DONE, NEW_BEST, PHASE_CHANGED, STATE_CHANGED, Broadcaster
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Backoff between store retries: short first (a lock is usually brief), capped so a store that
+# comes back is noticed within a second.
+_FIRST_STORE_BACKOFF, _MAX_STORE_BACKOFF = 0.05, 1.0
+
+
+class StoreUnavailable(SearchFailed):
+    """The store stayed unreachable for the whole retry window."""
+
+    def __init__(self, err: BaseException, window: float) -> None:
+        cause = getattr(err, "orig", None) or err
+        first_line = (str(cause).strip().splitlines() or [""])[0]
+        super().__init__(
+            "UNAVAILABLE", f"store unavailable for {window:g} s: {type(cause).__name__}: {first_line}"
+        )
+
+
+async def with_store_retry(call: Callable[[], T], *, window: float) -> T:
+    """``call()``, retried with backoff while it fails transiently, for at most ``window`` seconds.
+
+    Raises :class:`StoreUnavailable` when the window is spent; other errors pass through at once.
+    """
+    deadline = time.monotonic() + window
+    delay = _FIRST_STORE_BACKOFF
+    while True:
+        try:
+            return call()
+        except Exception as err:
+            if not is_transient(err):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise StoreUnavailable(err, window) from err
+            log.warning("store unavailable; retrying", extra={"error": type(err).__name__})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _MAX_STORE_BACKOFF)
 
 
 class LeaseLost(Exception):
@@ -48,15 +93,55 @@ class StoreJournal:
     """The search's :class:`~services.coordinator.search.Journal` on the store, plus broadcasts."""
 
     def __init__(
-        self, store: SearchStore, search_id: str, owner: str, broadcaster: Broadcaster, started_at: float
+        self,
+        store: SearchStore,
+        search_id: str,
+        owner: str,
+        broadcaster: Broadcaster,
+        started_at: float,
+        *,
+        scores: dict[tuple[str, str], Score],
+        proposals: dict[str, Proposal],
+        store_retry_seconds: float = 30.0,
     ) -> None:
         self.store, self.search_id, self.owner = store, search_id, owner
         self.broadcaster = broadcaster
         self.started_at = started_at
-        self._scores = store.scores(search_id)
-        self._proposals = store.proposals(search_id)
+        self.store_retry_seconds = store_retry_seconds
+        self._scores = scores
+        self._proposals = proposals
         self._best = -1.0
         self._saved_iterations = 0
+
+    @classmethod
+    async def load(
+        cls,
+        store: SearchStore,
+        search_id: str,
+        owner: str,
+        broadcaster: Broadcaster,
+        started_at: float,
+        *,
+        store_retry_seconds: float = 30.0,
+    ) -> StoreJournal:
+        """The journal with everything recorded so far (by this replica or an earlier owner)."""
+        scores = await with_store_retry(lambda: store.scores(search_id), window=store_retry_seconds)
+        proposals = await with_store_retry(lambda: store.proposals(search_id), window=store_retry_seconds)
+        return cls(
+            store,
+            search_id,
+            owner,
+            broadcaster,
+            started_at,
+            scores=scores,
+            proposals=proposals,
+            store_retry_seconds=store_retry_seconds,
+        )
+
+    @property
+    def resumed(self) -> bool:
+        """Whether an earlier run recorded anything."""
+        return bool(self._scores or self._proposals)
 
     def recorded_score(self, split: str, template: str) -> Score | None:
         """A score recorded before (this run or an earlier one)."""
@@ -67,7 +152,10 @@ class StoreJournal:
     ) -> None:
         """Persist a chunk of scores."""
         fresh = [s for s in scores if (split, s.template) not in self._scores]
-        self.store.add_scores(self.search_id, split, fresh, restart, iteration, origin)
+        await with_store_retry(
+            lambda: self.store.add_scores(self.search_id, split, fresh, restart, iteration, origin),
+            window=self.store_retry_seconds,
+        )
         for s in fresh:
             self._scores[(split, s.template)] = s
 
@@ -77,12 +165,18 @@ class StoreJournal:
 
     async def record_proposal(self, key: str, proposal: Proposal) -> None:
         """Persist an LLM reply."""
-        self.store.add_proposal(self.search_id, key, proposal)
+        await with_store_retry(
+            lambda: self.store.add_proposal(self.search_id, key, proposal), window=self.store_retry_seconds
+        )
         self._proposals[key] = proposal
 
     async def checkpoint(self, state: SearchState, event: str) -> None:
         """Save progress (fenced on our lease) and tell watchers what changed."""
-        if not self.store.save_progress(self.search_id, self.owner, state, time.time() - self.started_at):
+        wall = time.time() - self.started_at
+        if not await with_store_retry(
+            lambda: self.store.save_progress(self.search_id, self.owner, state, wall),
+            window=self.store_retry_seconds,
+        ):
             raise LeaseLost(self.search_id)
         events = [PHASE_CHANGED]
         if event == "iteration":
@@ -99,9 +193,7 @@ class StoreJournal:
                 if self._best >= 0:
                     events.append(NEW_BEST)
                 self._best = best.accuracy
-        self.broadcaster.publish(
-            self.search_id, events, lambda full: self.store.get(self.search_id, with_history=full)
-        )
+        _publish(self.broadcaster, self.store, self.search_id, events)
 
 
 class SearchRunner:
@@ -117,12 +209,17 @@ class SearchRunner:
         lease_seconds: float = 30.0,
         max_running: int = 8,
         owner: str | None = None,
+        store_retry_seconds: float = 30.0,
     ) -> None:
         self.store, self.scorer, self.proposer = store, scorer, proposer
         self.broadcaster = broadcaster or Broadcaster()
         self.lease_seconds = lease_seconds
         self.max_running = max_running
-        self.owner = owner or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.store_retry_seconds = store_retry_seconds
+        host = socket.gethostname()[: MAX_OWNER_CHARS - 40]
+        self.owner = owner or f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        if len(self.owner) > MAX_OWNER_CHARS:
+            raise ValueError(f"replica id longer than {MAX_OWNER_CHARS} characters")
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -167,7 +264,7 @@ class SearchRunner:
                 and not record.done
                 and (record.lease_owner is None or (record.lease_expires or 0) < time.time())
             ):
-                self._finish(search_id, None, CANCELLED, "cancelled")
+                await self._finish(search_id, None, CANCELLED, "cancelled")
             # else: the owning replica sees the flag at its next lease renewal.
         return self.store.get(search_id)
 
@@ -199,41 +296,54 @@ class SearchRunner:
             return
         self.tasks[search_id] = asyncio.create_task(self._run(search_id), name=f"search-{search_id}")
 
+    async def _store_call(self, call: Callable[[], T]) -> T:
+        return await with_store_retry(call, window=self.store_retry_seconds)
+
     async def _run(self, search_id: str) -> None:
         metrics.RUNNING.inc()
         state: SearchState | None = None
         try:
-            record = self.store.get(search_id)
+            record = await self._store_call(lambda: self.store.get(search_id))
             if record is None or record.done:
                 return
             if record.cancel_requested:
-                self._finish(search_id, self.owner, CANCELLED, "cancelled")
+                await self._finish(search_id, self.owner, CANCELLED, "cancelled")
                 return
-            if not self.store.mark_running(search_id, self.owner):
+            if not await self._store_call(lambda: self.store.mark_running(search_id, self.owner)):
                 return
-            record = self.store.get(search_id)
+            record = await self._store_call(lambda: self.store.get(search_id))
             assert record is not None and record.start_time is not None
             self._publish(search_id, [STATE_CHANGED])
-            journal = StoreJournal(self.store, search_id, self.owner, self.broadcaster, record.start_time)
+            journal = await StoreJournal.load(
+                self.store,
+                search_id,
+                self.owner,
+                self.broadcaster,
+                record.start_time,
+                store_retry_seconds=self.store_retry_seconds,
+            )
             state = SearchState(record.config)
-            log.info("search running", extra={"search": search_id, "resumed": bool(journal._scores)})
+            log.info("search running", extra={"search": search_id, "resumed": journal.resumed})
             climb = HillClimb(
                 state, self.scorer, self.proposer, journal, initial_templates, started_at=record.start_time
             )
             await climb.run()
-            self._finish(search_id, self.owner, SUCCEEDED, state.end_reason, state=state)
+            await self._finish(search_id, self.owner, SUCCEEDED, state.end_reason, state=state)
         except asyncio.CancelledError:
             if self._stopping:
-                self.store.release(search_id, self.owner)  # a peer (or our restart) resumes it
+                try:
+                    self.store.release(search_id, self.owner)  # a peer (or our restart) resumes it
+                except Exception:  # the lease then simply expires
+                    log.warning("lease not released", extra={"search": search_id}, exc_info=True)
             else:
-                self._finish(search_id, self.owner, CANCELLED, "cancelled", state=state)
+                await self._finish(search_id, self.owner, CANCELLED, "cancelled", state=state)
         except LeaseLost:
             log.warning("lease lost; another replica runs the search", extra={"search": search_id})
         except SearchFailed as err:
-            self._finish(search_id, self.owner, FAILED, err.message, code=err.code, state=state)
+            await self._finish(search_id, self.owner, FAILED, err.message, code=err.code, state=state)
         except Exception as err:
             log.exception("search crashed", extra={"search": search_id})
-            self._finish(
+            await self._finish(
                 search_id, self.owner, FAILED, f"internal error: {err}", code="INTERNAL", state=state
             )
         finally:
@@ -241,7 +351,7 @@ class SearchRunner:
             self.tasks.pop(search_id, None)
             self._wake.set()  # a slot is free: claim the next waiting search
 
-    def _finish(
+    async def _finish(
         self,
         search_id: str,
         owner: str | None,
@@ -251,15 +361,39 @@ class SearchRunner:
         code: str = "",
         state: SearchState | None = None,
     ) -> None:
-        if self.store.finish(
-            search_id, owner, outcome, end_reason=reason, error_code=code, progress_state=state
-        ):
+        try:
+            finished = await self._store_call(
+                lambda: self.store.finish(
+                    search_id, owner, outcome, end_reason=reason, error_code=code, progress_state=state
+                )
+            )
+        except StoreUnavailable:
+            # Not even the outcome can be written: the search stays RUNNING, its lease expires and
+            # it is resumed from its journal (here or on a peer) once the store is back.
+            log.error("search end not recorded: store unavailable", extra={"search": search_id})
+            return
+        if finished:
             metrics.SEARCHES.labels(outcome.lower()).inc()
-            record = self.store.get(search_id)
+            try:
+                record = self.store.get(search_id)
+            except Exception as err:  # the outcome is recorded; only the duration metric is missed
+                if not is_transient(err):
+                    raise
+                record = None
             if record is not None:
                 metrics.SEARCH_SECONDS.observe(record.progress.wall_seconds)
             log.info("search ended", extra={"search": search_id, "state": outcome, "reason": reason})
         self._publish(search_id, [STATE_CHANGED])
 
     def _publish(self, search_id: str, events: list[str]) -> None:
-        self.broadcaster.publish(search_id, events, lambda full: self.store.get(search_id, with_history=full))
+        _publish(self.broadcaster, self.store, search_id, events)
+
+
+def _publish(broadcaster: Broadcaster, store: SearchStore, search_id: str, events: list[str]) -> None:
+    """Tell local watchers; a snapshot the store can not give now is skipped (watchers also poll)."""
+    try:
+        broadcaster.publish(search_id, events, lambda full: store.get(search_id, with_history=full))
+    except Exception as err:
+        if not is_transient(err):
+            raise
+        log.warning("watchers not told: store unavailable", extra={"search": search_id})

@@ -8,6 +8,11 @@ Ownership: a replica runs a search only while it holds the row's lease (``lease_
 ``lease_expires``), taken and renewed by conditional UPDATEs — atomic on SQLite and PostgreSQL
 alike — and every progress write is fenced on the owner, so a replica that lost its lease can
 not overwrite the new owner's progress.
+
+Outages: a restarted PostgreSQL leaves dead connections in the pool, so the engine pings a
+connection before handing it out; an outage still in progress surfaces as an error that
+:func:`is_transient` recognises, which the runner retries. The journal inserts are idempotent
+(a retried insert whose first commit did land, or a row a former owner wrote, is skipped).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from services.coordinator.search import (
     IterationSummary,
@@ -53,6 +58,9 @@ from services.coordinator.search import (
 )
 
 metadata = MetaData()
+
+# Replica ids are host names plus a suffix; PostgreSQL enforces the column length (SQLite does not).
+MAX_OWNER_CHARS = 255
 
 searches = Table(
     "searches",
@@ -69,7 +77,7 @@ searches = Table(
     Column("update_time", Float, nullable=False),
     Column("start_time", Float, nullable=True),
     Column("end_time", Float, nullable=True),
-    Column("lease_owner", String(64), nullable=True),
+    Column("lease_owner", String(MAX_OWNER_CHARS), nullable=True),
     Column("lease_expires", Float, nullable=True),
     Column("cancel_requested", Boolean, nullable=False, default=False),
 )
@@ -119,6 +127,16 @@ def database_url(store: str) -> str:
     if "://" in store:
         return store
     return f"sqlite:///{Path(store).expanduser().resolve()}"
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether a store error is an outage worth retrying (server restarting, lock held, link lost).
+
+    Constraint violations, bad data and programming errors are not: retrying cannot fix them.
+    """
+    if isinstance(err, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(err, DBAPIError) and err.connection_invalidated
 
 
 @dataclass
@@ -194,7 +212,8 @@ class SearchStore:
 
     def __init__(self, url: str) -> None:
         self.url = database_url(url)
-        self.engine: Engine = create_engine(self.url)
+        # pre_ping: after a database restart every pooled connection is dead; test before use.
+        self.engine: Engine = create_engine(self.url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
@@ -468,8 +487,25 @@ class SearchStore:
             )
             for s in scores
         ]
-        with self.engine.begin() as c:
-            c.execute(insert(scored_templates), rows)
+        try:
+            with self.engine.begin() as c:
+                c.execute(insert(scored_templates), rows)
+        except IntegrityError:
+            # Some are recorded already (a retried insert that did commit, or a former owner's
+            # rows): insert only the missing ones, keeping the first score of each template.
+            with self.engine.begin() as c:
+                present = set(
+                    c.execute(
+                        select(scored_templates.c.template).where(
+                            scored_templates.c.search_id == search_id,
+                            scored_templates.c.split == split,
+                            scored_templates.c.template.in_([r["template"] for r in rows]),
+                        )
+                    ).scalars()
+                )
+                missing = {r["template"]: r for r in rows if r["template"] not in present}
+                if missing:
+                    c.execute(insert(scored_templates), list(missing.values()))
 
     def proposals(self, search_id: str) -> dict[str, Proposal]:
         """Every recorded LLM reply of a search by call key."""
@@ -478,16 +514,29 @@ class SearchStore:
             return {r["call_key"]: Proposal.from_json(json.loads(r["reply"])) for r in rows}
 
     def add_proposal(self, search_id: str, key: str, proposal: Proposal) -> None:
-        """Record an LLM reply."""
-        with self.engine.begin() as c:
-            c.execute(
-                insert(llm_calls).values(
-                    search_id=search_id,
-                    call_key=key,
-                    reply=json.dumps(proposal.to_json()),
-                    create_time=time.time(),
+        """Record an LLM reply (a reply already recorded under ``key`` is kept)."""
+        try:
+            with self.engine.begin() as c:
+                c.execute(
+                    insert(llm_calls).values(
+                        search_id=search_id,
+                        call_key=key,
+                        reply=json.dumps(proposal.to_json()),
+                        create_time=time.time(),
+                    )
                 )
-            )
+        except IntegrityError:
+            # A retried insert whose first commit did land, or a former owner's reply: keep it.
+            with self.engine.connect() as c:
+                if (
+                    c.execute(
+                        select(llm_calls.c.call_key).where(
+                            llm_calls.c.search_id == search_id, llm_calls.c.call_key == key
+                        )
+                    ).first()
+                    is None
+                ):
+                    raise
 
     def add_event(self, search_id: str, kind: str, detail: str = "") -> None:
         """Append to the search's event log."""
