@@ -5,7 +5,8 @@
 #   PROMPTCLIMB_NO_LLM=1 bash install.sh   # skip the llama.cpp server (it compiles for minutes)
 #
 # What it does, in order (each step prints a line; pip shows its own progress):
-#   1. system packages: Fashion-MNIST images for the demo (Debian `dataset-fashion-mnist`), when root
+#   1. system packages, when root: Fashion-MNIST images for the demo (Debian `dataset-fashion-mnist`)
+#      and PostgreSQL binaries (the store tests start a throwaway cluster; no server is left running)
 #   2. a Prometheus server + promtool, unpacked into .cache/prometheus (tests and checks use them)
 #   3. .venv with torch 2.14.1 / torchvision 0.29.1 and the project (editable) with its dev extras
 #   4. the local LLM: llama-cpp-python[server] (built from source: about 6-10 minutes on 2 cores)
@@ -16,10 +17,10 @@ PY=${PYTHON:-python3}
 step() { printf '\n==> %s\n' "$*"; }
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  step "system packages (dataset-fashion-mnist)"
-  if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+  step "system packages (dataset-fashion-mnist for the demo, postgresql for the store tests)"
+  if ! dpkg -s dataset-fashion-mnist postgresql >/dev/null 2>&1; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist postgresql >/dev/null
   fi
 else
   step "not root: skipping apt packages (install dataset-fashion-mnist yourself for the demo)"
