@@ -49,6 +49,18 @@ def config_from_spec(spec: coordinator_pb2.SearchSpec) -> SearchConfig:
     bad: list[tuple[str, str]] = []
     if not spec.dataset:
         bad.append(("spec.dataset", "required"))
+    # NUL cannot be stored in PostgreSQL text (SQLite would take it): refuse it up front, everywhere.
+    texts = {
+        "spec.dataset": spec.dataset,
+        "spec.selection_split": spec.selection_split,
+        "spec.evaluation_split": spec.evaluation_split,
+        "spec.task_description": spec.task_description,
+        "spec.display_name": spec.display_name,
+    }
+    texts.update(
+        {f"spec.initial_pool.templates[{i}]": t for i, t in enumerate(spec.initial_pool.templates.templates)}
+    )
+    bad.extend((f, "must not contain NUL characters") for f, t in texts.items() if "\x00" in t)
     for name in ("restarts", "iterations", "templates_per_iteration", "best_k", "worst_k", "ensemble_k"):
         if getattr(spec, name) < 0:
             bad.append((f"spec.{name}", "must not be negative"))

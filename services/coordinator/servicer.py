@@ -11,7 +11,9 @@ Error semantics (AIP-style):
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -25,10 +27,33 @@ from services.coordinator.convert import (
     search_to_proto,
 )
 from services.coordinator.runner import SearchRunner
+from services.coordinator.store import is_transient
 from services.coordinator.watch import watch
 
 MAX_PAGE_SIZE = 100
 MAX_OFFSET = 2**62  # below every database's 64-bit integer limit
+
+
+STORE_DOWN = ServiceError(
+    grpc.StatusCode.UNAVAILABLE, "the search store is unavailable; retry shortly", retry_after_seconds=1.0
+)
+
+
+def _store_outage_is_unavailable(
+    method: Callable[..., Awaitable[Any]],
+) -> Callable[..., Awaitable[Any]]:
+    """A store outage (database restarting, lock held) is UNAVAILABLE with a retry delay, not UNKNOWN."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except Exception as err:
+            if is_transient(err):
+                await abort(context, STORE_DOWN)
+            raise
+
+    return wrapper
 
 
 def _full(view: int) -> bool:
@@ -42,6 +67,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.runner = runner
         self.store = runner.store
 
+    @_store_outage_is_unavailable
     async def StartSearch(self, request, context):  # type: ignore[no-untyped-def]
         """Validate, then create (or find by request id) and schedule."""
         try:
@@ -54,6 +80,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         record = self.store.get(record.id, with_history=False) or record
         return coordinator_pb2.StartSearchResponse(search=search_to_proto(record, full=False))
 
+    @_store_outage_is_unavailable
     async def GetSearch(self, request, context):  # type: ignore[no-untyped-def]
         """One search (FULL view by default)."""
         record = self.store.get(search_id_of(request.name), with_history=_full(request.view))
@@ -66,14 +93,20 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> AsyncIterator[coordinator_pb2.WatchSearchResponse]:
         """Snapshot, then every change until the search ends."""
         search_id = search_id_of(request.name)
-        if self.store.get(search_id) is None:
-            await abort(context, not_found("search", request.name))
-        full = _full(request.view)
-        async for event, record in watch(self.store, self.runner.broadcaster, search_id, full=full):
-            yield coordinator_pb2.WatchSearchResponse(
-                event=EVENT_TO_PROTO[event], search=search_to_proto(record, full=full)
-            )
+        try:
+            if self.store.get(search_id) is None:
+                await abort(context, not_found("search", request.name))
+            full = _full(request.view)
+            async for event, record in watch(self.store, self.runner.broadcaster, search_id, full=full):
+                yield coordinator_pb2.WatchSearchResponse(
+                    event=EVENT_TO_PROTO[event], search=search_to_proto(record, full=full)
+                )
+        except Exception as err:
+            if is_transient(err):
+                await abort(context, STORE_DOWN)
+            raise
 
+    @_store_outage_is_unavailable
     async def CancelSearch(self, request, context):  # type: ignore[no-untyped-def]
         """Cancel a PENDING or RUNNING search; FAILED_PRECONDITION once it has ended."""
         search_id = search_id_of(request.name)
@@ -91,6 +124,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         record = await self.runner.cancel(search_id)
         return coordinator_pb2.CancelSearchResponse(search=search_to_proto(record, full=False))
 
+    @_store_outage_is_unavailable
     async def ListSearches(self, request, context):  # type: ignore[no-untyped-def]
         """Newest first, BASIC view; the page token is an opaque offset."""
         size = request.page_size or 50

@@ -159,6 +159,14 @@ async def test_bad_spec_is_invalid_argument_with_field_violations(harness: Harne
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await harness.client.get("searches/unknown")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # NUL cannot be stored in PostgreSQL text: refused up front on every store, not a FAILED search later.
+    nul = make_spec("to\x00y", templates=["a {}\x00 photo."])
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await harness.client.start(nul)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(err.value)
+    status.details[0].Unpack(bad)
+    assert {v.field for v in bad.field_violations} == {"spec.dataset", "spec.initial_pool.templates[0]"}
 
 
 async def test_user_pool_and_invalid_template_from_scorer_is_skipped(harness: Harness) -> None:

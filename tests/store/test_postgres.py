@@ -17,11 +17,17 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import pytest
 
+from promptclimb.api.v1 import coordinator_pb2, coordinator_pb2_grpc
+from promptclimb.common.errors import retry_delay_of
+from promptclimb.common.server import ServiceServer
 from services.coordinator.clients import GrpcProposer, GrpcScorer, RetryPolicy
 from services.coordinator.runner import SearchRunner
 from services.coordinator.search import SearchConfig
+from services.coordinator.servicer import CoordinatorServicer
+from services.coordinator.settings import CoordinatorSettings
 from services.coordinator.store import RUNNING, SUCCEEDED, SearchRecord, SearchStore
 from tests.coordinator.fakes import FakeOptimizer, FakeScorer, fake_accuracy, start_optimizer, start_scorer
 from tests.store.conftest import PostgresCluster
@@ -287,3 +293,41 @@ async def test_outage_longer_than_the_retry_window_resumes_the_search_once_back(
         assert_complete(done, fakes, iterations, fault=before)
     else:  # or ended with the reason, when the store was back just in time to record it
         assert done.state == "FAILED" and "store unavailable" in done.progress.end_reason
+
+
+async def test_api_calls_during_a_store_outage_are_unavailable_then_work_again(
+    postgres_url: str, postgres_cluster: PostgresCluster, fakes: Fakes
+) -> None:
+    """Clients see UNAVAILABLE with a retry delay while the database is down, not UNKNOWN."""
+    runner = replica(postgres_url, fakes, "replica-api")
+    await runner.start()
+    record, _ = runner.submit(config("api", iterations=1), None)
+    await wait_for(runner.store, record.id, lambda r: r.done)
+    servicer = CoordinatorServicer(runner)
+    server = ServiceServer(
+        "coordinator",
+        CoordinatorSettings(port=0),
+        ["promptclimb.api.v1.CoordinatorService"],
+        lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s),
+    )
+    port = await server.start()
+    name = f"searches/{record.id}"
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+            await asyncio.to_thread(postgres_cluster.stop)
+            try:
+                for call in (
+                    stub.GetSearch(coordinator_pb2.GetSearchRequest(name=name)),
+                    stub.ListSearches(coordinator_pb2.ListSearchesRequest()),
+                ):
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await call
+                    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                    assert retry_delay_of(caught.value) == pytest.approx(1.0)
+            finally:
+                await asyncio.to_thread(postgres_cluster.start)
+            got = await stub.GetSearch(coordinator_pb2.GetSearchRequest(name=name))
+            assert got.search.state == coordinator_pb2.SEARCH_STATE_SUCCEEDED
+    finally:
+        await server.stop(0)
