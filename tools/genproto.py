@@ -1,7 +1,7 @@
 """Generate the Python gRPC code from protos/ (the only way it is made).
 
-    python tools/genproto.py          # write promptclimb/api/v1/*_pb2*.py
-    python tools/genproto.py --check  # fail if the committed code drifted from protos/
+python tools/genproto.py          # write promptclimb/api/v1/*_pb2*.py
+python tools/genproto.py --check  # fail if the committed code drifted from protos/
 """
 
 from __future__ import annotations
