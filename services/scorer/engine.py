@@ -697,12 +697,16 @@ class ScoringEngine:
         assert self._arrived is not None
         wait = self.settings.batch_wait_ms / 1000
         cap = self.settings.max_batch_templates
+        last_batch_jobs = 0
         while True:
             if not self._pending:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            deadline = self._pending[0].enqueued + wait
+            # Wait for company only when there is company: a lone request after a lone batch (a
+            # single client, an idle server) runs at once instead of paying the wait every call.
+            alone = len(self._pending) == 1 and last_batch_jobs <= 1 and not self.settings.batch_wait_alone
+            deadline = self._pending[0].enqueued + (0.0 if alone else wait)
             while self._pending_templates < cap and (left := deadline - time.monotonic()) > 0:
                 self._arrived.clear()
                 try:
@@ -721,6 +725,7 @@ class ScoringEngine:
             for job in batch:
                 metrics.QUEUE_WAIT.observe(now - job.enqueued)
             metrics.BATCH_SIZE.observe(size)
+            last_batch_jobs = len(batch)
             try:
                 results = await asyncio.to_thread(self._compute, batch)
             except Exception as exc:  # a torch failure fails this batch's requests, not the worker
@@ -775,7 +780,7 @@ class ScoringEngine:
         if m.share_prefix:
             prefix = common_prefix_lengths(tokens, lengths, kept_groups)
             lengths = lengths - prefix  # what each row still computes is its suffix
-        for idx in length_buckets(lengths.tolist(), self.settings.text_batch_size):
+        for idx in length_buckets(lengths.tolist(), self._text_batch_size()):
             if prefix is not None:
                 embs = m.encode_text_shared(tokens[idx], prefix[idx], [kept_groups[j] for j in idx])
             else:
@@ -785,6 +790,18 @@ class ScoringEngine:
                 found[text] = emb
                 self.cache.put((m.id, text), emb)
         return found, too_long
+
+    def _text_batch_size(self) -> int:
+        """Texts per forward: the setting, else a device default.
+
+        On CPU, chunks of 512 keep the activations small (peak extra memory 270 MB instead of
+        600 MB for 6,400 texts of ViT-B-32) at the same or slightly better speed; an accelerator
+        wants large batches to fill its matrix units.
+        """
+        if self.settings.text_batch_size:
+            return self.settings.text_batch_size
+        assert self.model is not None
+        return 512 if self.model.device.type == "cpu" else 2048
 
     def _compute(self, batch: list[_Job]) -> list[Evaluation]:
         import torch

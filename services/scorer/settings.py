@@ -26,7 +26,12 @@ class ScorerSettings(ServerSettings):
     max_queue_templates: int = Field(4096, gt=0, description="templates waiting before RESOURCE_EXHAUSTED")
     max_batch_templates: int = Field(512, gt=0, description="most templates coalesced into one text pass")
     batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for concurrent requests")
-    text_batch_size: int = Field(2048, gt=0, description="texts per text-tower forward")
+    batch_wait_alone: bool = Field(
+        False, description="also wait when a lone request meets an idle scorer (false: it runs at once)"
+    )
+    text_batch_size: int | None = Field(
+        None, gt=0, description="texts per text-tower forward; unset = 512 on CPU, 2048 on an accelerator"
+    )
     image_batch_size: int = Field(64, gt=0, description="images per image-tower forward")
     text_cache_size: int = Field(100_000, ge=0, description="text embeddings kept in the LRU cache")
     text_truncation: Literal["auto", "off"] = Field(

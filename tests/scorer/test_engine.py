@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -128,8 +129,19 @@ async def test_concurrent_requests_coalesce_into_one_pass(tiny_model: Path, imag
     await engine.close()
 
 
+async def test_lone_request_on_idle_scorer_does_not_wait_for_company(tiny_model: Path, images: Path) -> None:
+    engine = make_engine(tiny_model, images, None, batch_wait_ms=3000)
+    start = time.monotonic()
+    result = await engine.evaluate("demo", "test", TEMPLATES[:1])
+    assert time.monotonic() - start < 2.0  # not the 3 s batch wait
+    assert result.scores[0].total == 20
+    await engine.close()
+
+
 async def test_full_queue_is_refused_with_retry_delay(tiny_model: Path, images: Path) -> None:
-    engine = make_engine(tiny_model, images, None, batch_wait_ms=300, max_queue_templates=5)
+    engine = make_engine(
+        tiny_model, images, None, batch_wait_ms=300, batch_wait_alone=True, max_queue_templates=5
+    )
     first = asyncio.ensure_future(engine.evaluate("demo", "test", TEMPLATES[:4]))
     await asyncio.sleep(0.01)
     with pytest.raises(QueueFull) as info:

@@ -37,6 +37,7 @@ async def running(tiny_model: Path, tmp_path: Path) -> AsyncIterator[Running]:
         model=f"local-dir:{tiny_model}",
         cache_dir=tmp_path,
         batch_wait_ms=300,
+        batch_wait_alone=True,  # hold the first request so the queue fills
         max_queue_templates=5,
         max_templates_per_request=8,
     )
