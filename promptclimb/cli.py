@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "services.coordinator.commands",  # up, search, eval
     "services.scorer.bench",  # bench scorer, bench concurrency
     "services.coordinator.reproduce",  # reproduce
+    "promptclimb.demo.command",  # demo
 ]
 OPTIONAL_COMMAND_MODULES: list[str] = []
 

@@ -12,8 +12,9 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 DEFAULT_COORDINATOR = os.environ.get("PROMPTCLIMB_COORDINATOR_TARGET", "127.0.0.1:50050")
 _LISTENING = re.compile(r"promptclimb (\w+) listening port=(\d+)(?: metrics_port=(\d+))?")
@@ -346,33 +347,51 @@ def _eval(args: argparse.Namespace) -> int:
 # ---- up ----------------------------------------------------------------------------------------
 
 
-def _start_service(name: str, argv: list[str], timeout: float) -> tuple[subprocess.Popen[str], int]:
-    """Start ``promptclimb serve NAME …`` and wait for its "listening" line."""
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when its parent dies, even by SIGKILL (no orphaned services)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _start_service(
+    name: str, argv: list[str], timeout: float, log: IO[str] | None = None
+) -> tuple[subprocess.Popen[str], int]:
+    """Start ``promptclimb serve NAME …`` and wait for its "listening" line and SERVING health.
+
+    ``log`` receives the service's stderr (its logs); None leaves it on ours. The child is in its
+    own session, so a terminal's Ctrl-C reaches only us and we stop the children in order.
+    """
     proc = subprocess.Popen(
         [sys.executable, "-m", "promptclimb", "serve", name, *argv],
         stdout=subprocess.PIPE,
+        stderr=log,
         text=True,
         start_new_session=True,  # Ctrl-C reaches us, we stop them
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break  # exited
-        m = _LISTENING.search(line)
-        if m and m.group(1) == name:
-            # Keep draining its stdout so a chatty child never blocks on a full pipe.
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            try:
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break  # exited
+            m = _LISTENING.search(line)
+            if m and m.group(1) == name:
+                # Keep draining its stdout so a chatty child never blocks on a full pipe.
+                threading.Thread(target=proc.stdout.read, daemon=True).start()
                 _wait_serving(name, int(m.group(2)), proc, deadline - time.monotonic())
-            except RuntimeError:
-                proc.kill()
-                proc.wait()
-                raise
-            return proc, int(m.group(2))
-    proc.kill()
-    raise RuntimeError(f"{name} did not start (exit code {proc.poll()})")
+                return proc, int(m.group(2))
+        raise RuntimeError(f"{name} did not start (exit code {proc.poll()})")
+    except BaseException:
+        # Also on Ctrl-C while waiting: the caller never got this process, so it is ours to end.
+        proc.kill()
+        proc.wait()
+        raise
 
 
 def _wait_serving(name: str, port: int, proc: subprocess.Popen[str], timeout: float) -> None:
@@ -407,10 +426,88 @@ def _stop_all(procs: list[tuple[str, subprocess.Popen[str]]]) -> None:
             p.wait()
 
 
+@dataclass
+class LocalServices:
+    """Scorer, optimizer and coordinator running as child processes on loopback."""
+
+    scorer: str
+    optimizer: str
+    coordinator: str
+    store: Path
+    procs: list[tuple[str, subprocess.Popen[str]]] = field(default_factory=list)
+
+    def dead(self) -> list[str]:
+        """Names of the services that have exited."""
+        return [n for n, p in self.procs if p.poll() is not None]
+
+    def stop(self) -> None:
+        """SIGTERM in reverse start order, then wait (kill after 15 s)."""
+        _stop_all(self.procs)
+
+
+def start_local_services(
+    *,
+    model: str,
+    datasets: list[str],
+    state: Path,
+    llm_base_url: str | None,
+    llm_model: str | None,
+    llm_api_key_file: str | None = None,
+    pretrained: str | None = None,
+    device: str | None = None,
+    scorer_threads: int | None = None,
+    port: int = 0,
+    timeout: float = 300.0,
+    log: IO[str] | None = None,
+) -> LocalServices:
+    """Start the three services (store and feature cache under ``state``) and wait until they serve.
+
+    ``llm_base_url`` None leaves the optimizer on its default endpoint (OpenAI, key from env).
+    On any failure or interrupt, whatever was started is stopped before the exception propagates.
+    """
+    procs: list[tuple[str, subprocess.Popen[str]]] = []
+    try:
+        scorer_argv = ["--model", model, "--port", "0", "--cache-dir", str(state / "features")]
+        for flag, value in (("pretrained", pretrained), ("device", device), ("threads", scorer_threads)):
+            if value:
+                scorer_argv += [f"--{flag}", str(value)]
+        for d in datasets:
+            scorer_argv += ["--dataset", d]
+        proc, scorer_port = _start_service("scorer", scorer_argv, timeout, log)
+        procs.append(("scorer", proc))
+        optimizer_argv = ["--port", "0"]
+        for flag, value in (
+            ("llm-base-url", llm_base_url),
+            ("llm-model", llm_model),
+            ("llm-api-key-file", llm_api_key_file),
+        ):
+            if value:
+                optimizer_argv += [f"--{flag}", value]
+        proc, optimizer_port = _start_service("optimizer", optimizer_argv, timeout, log)
+        procs.append(("optimizer", proc))
+        store = state / "searches.db"
+        coordinator_argv = [
+            "--scorer", f"127.0.0.1:{scorer_port}", "--optimizer", f"127.0.0.1:{optimizer_port}",
+            "--store", str(store), "--port", str(port),
+        ]  # fmt: skip
+        proc, coordinator_port = _start_service("coordinator", coordinator_argv, timeout, log)
+        procs.append(("coordinator", proc))
+    except BaseException:
+        _stop_all(procs)
+        raise
+    return LocalServices(
+        scorer=f"127.0.0.1:{scorer_port}",
+        optimizer=f"127.0.0.1:{optimizer_port}",
+        coordinator=f"127.0.0.1:{coordinator_port}",
+        store=store,
+        procs=procs,
+    )
+
+
 def _up(args: argparse.Namespace) -> int:
     state = Path(args.state_dir).expanduser().resolve()
     state.mkdir(parents=True, exist_ok=True)
-    procs: list[tuple[str, subprocess.Popen[str]]] = []
+    running: LocalServices | None = None
     stop = {"now": False}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -418,46 +515,30 @@ def _up(args: argparse.Namespace) -> int:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        scorer_argv = ["--model", args.model, "--port", "0", "--cache-dir", str(state / "features")]
-        for flag in ("pretrained", "device"):
-            if getattr(args, flag):
-                scorer_argv += [f"--{flag}", getattr(args, flag)]
-        for d in args.dataset:
-            scorer_argv += ["--dataset", d]
-        proc, scorer_port = _start_service("scorer", scorer_argv, args.startup_timeout)
-        procs.append(("scorer", proc))
-        optimizer_argv = ["--llm-base-url", args.llm_base_url, "--llm-model", args.llm_model, "--port", "0"]
-        if args.llm_api_key_file:
-            optimizer_argv += ["--llm-api-key-file", args.llm_api_key_file]
-        proc, optimizer_port = _start_service("optimizer", optimizer_argv, args.startup_timeout)
-        procs.append(("optimizer", proc))
-        proc, port = _start_service(
-            "coordinator",
-            [
-                "--scorer",
-                f"127.0.0.1:{scorer_port}",
-                "--optimizer",
-                f"127.0.0.1:{optimizer_port}",
-                "--store",
-                str(state / "searches.db"),
-                "--port",
-                str(args.port),
-            ],
-            args.startup_timeout,
+        running = start_local_services(
+            model=args.model,
+            datasets=args.dataset,
+            state=state,
+            llm_base_url=args.llm_base_url,
+            llm_model=args.llm_model,
+            llm_api_key_file=args.llm_api_key_file,
+            pretrained=args.pretrained,
+            device=args.device,
+            port=args.port,
+            timeout=args.startup_timeout,
         )
-        procs.append(("coordinator", proc))
         print(
-            f"promptclimb up scorer=127.0.0.1:{scorer_port} optimizer=127.0.0.1:{optimizer_port} "
-            f"coordinator=127.0.0.1:{port} store={state / 'searches.db'}",
+            f"promptclimb up scorer={running.scorer} optimizer={running.optimizer} "
+            f"coordinator={running.coordinator} store={running.store}",
             flush=True,
         )
         print(
-            f"try: promptclimb search start --coordinator 127.0.0.1:{port} --dataset ID --wait",
+            f"try: promptclimb search start --coordinator {running.coordinator} --dataset ID --wait",
             file=sys.stderr,
             flush=True,
         )
         while not stop["now"]:
-            dead = [n for n, p in procs if p.poll() is not None]
+            dead = running.dead()
             if dead:
                 print(f"{', '.join(dead)} exited; stopping the others", file=sys.stderr)
                 return 1
@@ -467,6 +548,7 @@ def _up(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
-        _stop_all(procs)
+        if running is not None:
+            running.stop()
         for s, h in old.items():
             signal.signal(s, h)
