@@ -23,6 +23,7 @@ only resets the conversation, which is what keeps a long chat from drifting.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -327,6 +328,18 @@ def proposal_key(restart: int, iteration: int, attempt: int) -> str:
 
 
 SEED_KEY = "seed/starters"
+
+
+def call_seed(search_seed: int, key: str) -> int:
+    """The sampling seed of one LLM call: fixed per (search seed, call), different across calls.
+
+    One seed for every call would make a retry after an empty proposal identical to the call
+    before it — the same request gets the same reply, and the search stalls.
+    """
+    digest = hashlib.sha256(f"{search_seed}/{key}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
 MAX_EMPTY_ATTEMPTS = 2  # ask again (a new key) when the LLM offered nothing new
 
 
@@ -370,7 +383,7 @@ class HillClimb:
         self.state.phase = Phase.SEEDING
         await self.journal.checkpoint(self.state, "phase")
         if cfg.llm_starters > 0:
-            proposal = await self._propose(SEED_KEY, self._request(cfg.llm_starters, (), ()))
+            proposal = await self._propose(SEED_KEY, self._request(SEED_KEY, cfg.llm_starters, (), ()))
             templates, origin = list(proposal.templates), "llm"
         else:
             templates = self.initial_templates(cfg)
@@ -390,8 +403,9 @@ class HillClimb:
         t0 = self.clock()
         new: list[str] = []
         for attempt in range(MAX_EMPTY_ATTEMPTS):
-            request = self._request(cfg.templates_per_iteration, tuple(self.state.history), conversation)
-            proposal = await self._propose(proposal_key(restart, iteration, attempt), request)
+            key = proposal_key(restart, iteration, attempt)
+            request = self._request(key, cfg.templates_per_iteration, tuple(self.state.history), conversation)
+            proposal = await self._propose(key, request)
             if cfg.strategy is Strategy.CONVERSATION:
                 conversation = proposal.conversation
             new = _dedupe(list(proposal.templates), self.state.known())[: cfg.templates_per_iteration]
@@ -422,7 +436,11 @@ class HillClimb:
     # -- helpers --------------------------------------------------------------------------------
 
     def _request(
-        self, n: int, history: tuple[ScoredTemplate, ...], conversation: tuple[tuple[str, str], ...]
+        self,
+        key: str,
+        n: int,
+        history: tuple[ScoredTemplate, ...],
+        conversation: tuple[tuple[str, str], ...],
     ) -> ProposalRequest:
         cfg = self.config
         task = cfg.task_description or f"images of the dataset '{cfg.dataset}'"
@@ -436,7 +454,7 @@ class HillClimb:
             num_templates=n,
             temperature=cfg.temperature,
             conversation=conversation,
-            seed=cfg.seed or None,
+            seed=call_seed(cfg.seed, key) if cfg.seed else None,
         )
 
     async def _propose(self, key: str, request: ProposalRequest) -> Proposal:

@@ -159,3 +159,33 @@ def test_request_id_is_unique_and_leases_are_exclusive(tmp_path: Path) -> None:
     assert other.save_progress(a.id, "replica-2", SearchState(a.config), 1.0)
     store.close()
     other.close()
+
+
+class EchoingProposer:
+    """A deterministic LLM: the same request (seed included) gets the same reply, like a seeded model."""
+
+    def __init__(self) -> None:
+        self.seeds: list[int | None] = []
+
+    async def propose(self, request: ProposalRequest) -> Proposal:
+        self.seeds.append(request.seed)
+        return Proposal((f"{{}} from seed {request.seed}",), prompt_tokens=1, completion_tokens=1)
+
+
+async def test_a_seeded_search_sends_a_different_seed_per_call_and_does_not_stall() -> None:
+    config = SearchConfig(dataset="d", iterations=4, templates_per_iteration=1, seed=7)
+    proposer = EchoingProposer()
+    state = await climb(config, MemoryJournal(), CountingScorer(), proposer).run()  # type: ignore[arg-type]
+    assert len(set(proposer.seeds)) == len(proposer.seeds) == 4  # one fresh seed per call
+    assert [t.origin for t in state.history].count("llm") == 4  # so every iteration found a new template
+    again = EchoingProposer()
+    await climb(config, MemoryJournal(), CountingScorer(), again).run()  # type: ignore[arg-type]
+    assert again.seeds == proposer.seeds  # reproducible for the same search seed
+    unseeded = EchoingProposer()
+    await climb(
+        SearchConfig(dataset="d", iterations=2, templates_per_iteration=1),
+        MemoryJournal(),
+        CountingScorer(),
+        unseeded,  # type: ignore[arg-type]
+    ).run()
+    assert unseeded.seeds[0] is None
