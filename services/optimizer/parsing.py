@@ -8,7 +8,10 @@ class-name slot to ``{}`` and keeps a candidate only when it
   towards the name and away from the context the search is trying to tune, and the paper's
   templates all have one slot, so such candidates are dropped rather than guessed at),
 - is at most ``max_chars`` characters long after normalisation (``too_long``),
-- is new: not in the request's history and not earlier in the same reply (``duplicate``).
+- is new: not in the request's history and not earlier in the same reply (``duplicate``),
+- holds no leftover markup around its slot (``markup``): braces, square brackets or a JSON
+  ``"key":`` pair outside ``{}`` mean the text is debris of broken JSON, not a sentence (a weak
+  model's half-written ``{"templates": ["{}" ,"…`` otherwise scores like any template).
 
 Everything else comes back as a :class:`RejectedCandidate` with its reason, so a weak model's
 failure mode is visible on the dashboards instead of silently shrinking the proposals.
@@ -30,6 +33,7 @@ NO_SLOT = "no_slot"
 MULTIPLE_SLOTS = "multiple_slots"
 TOO_LONG = "too_long"
 DUPLICATE = "duplicate"
+MARKUP = "markup"
 
 DEFAULT_MAX_CHARS = 200
 
@@ -63,6 +67,7 @@ _KEY_VALUE_LINE = re.compile(r'^"?[A-Za-z_][\w -]{0,30}"?\s*:\s*"(.*)"\s*,?$')
 _JSON_LAYOUT_LINE = re.compile(r'^\s*(?:"?[\w -]{1,30}"?\s*:\s*)?[\[\]{}(),]*\s*$')
 _SEPARATOR_LINE = re.compile(r"^\s*(?:[-=*_#`~]{3,}|#+)\s*$")
 _WHITESPACE = re.compile(r"\s+")
+_MARKUP = re.compile(r'[{}\[\]]|"\s*:|"\s*,\s*"')
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -214,6 +219,8 @@ def parse_reply(
             result.rejected.append(RejectedCandidate(shown, MULTIPLE_SLOTS))
         elif len(template) > max_chars:
             result.rejected.append(RejectedCandidate(shown, TOO_LONG))
+        elif _MARKUP.search(template.replace(SLOT, " ")):
+            result.rejected.append(RejectedCandidate(shown, MARKUP))
         elif dedupe_key(template) in seen:
             result.rejected.append(RejectedCandidate(template, DUPLICATE))
         else:

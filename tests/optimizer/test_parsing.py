@@ -105,6 +105,16 @@ CASES = [
         [R("a photo of {0.__class__}", "no_slot")],
         id="checkbox-and-format-attack-is-no-slot",
     ),
+    pytest.param(
+        # What SmolLM2 wrote when its JSON broke: debris around a slot must not be scored.
+        '{ "templates": ["{}" ,"template_id:5132} }\na photo of a {}, seen in [the shop]\na clean {} photo.',
+        ["a clean {} photo."],
+        [
+            R('{ "templates": ["{}" ,"template_id:5132} }', "markup"),
+            R("a photo of a {}, seen in [the shop]", "markup"),
+        ],
+        id="broken-json-debris-is-markup",
+    ),
 ]
 
 
