@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from promptclimb.common.processes import die_with_parent
+
 DEFAULT_COORDINATOR = os.environ.get("PROMPTCLIMB_COORDINATOR_TARGET", "127.0.0.1:50050")
 _LISTENING = re.compile(r"promptclimb (\w+) listening port=(\d+)(?: metrics_port=(\d+))?")
 
@@ -347,16 +349,6 @@ def _eval(args: argparse.Namespace) -> int:
 # ---- up ----------------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM when its parent dies, even by SIGKILL (no orphaned services)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def _start_service(
     name: str, argv: list[str], timeout: float, log: IO[str] | None = None
 ) -> tuple[subprocess.Popen[str], int]:
@@ -371,7 +363,7 @@ def _start_service(
         stderr=log,
         text=True,
         start_new_session=True,  # Ctrl-C reaches us, we stop them
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        preexec_fn=die_with_parent(),
     )
     try:
         assert proc.stdout is not None

@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from promptclimb.common.processes import die_with_parent
+
 # ---- CoOp's datasets ---------------------------------------------------------------------------
 
 
@@ -890,17 +892,6 @@ def model_of(backbone: str, model_map: dict[str, tuple[str, str | None]]) -> tup
     return model_map.get(backbone, (backbone, "openai"))
 
 
-def _set_parent_death_signal() -> None:
-    """Linux: the child gets SIGTERM when this process dies, even by SIGKILL (no orphans)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def _launch(name: str, argv: list[str], timeout: float, log_path: Path) -> tuple[subprocess.Popen[str], int]:
     """Start ``promptclimb serve NAME …`` tied to this process; wait until it serves. Returns (proc, port)."""
     from services.coordinator.commands import _LISTENING, _wait_serving
@@ -911,7 +902,7 @@ def _launch(name: str, argv: list[str], timeout: float, log_path: Path) -> tuple
         stdout=subprocess.PIPE,
         stderr=log_file,
         text=True,
-        preexec_fn=_set_parent_death_signal if sys.platform == "linux" else None,
+        preexec_fn=die_with_parent(),
     )
     log_file.close()
     assert proc.stdout is not None

@@ -17,6 +17,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from promptclimb.common.processes import die_with_parent
+
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -79,7 +81,11 @@ class LlamaServer:
         ]  # fmt: skip
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self._process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=die_with_parent(),  # a SIGKILLed demo must not leave the LLM server behind
         )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
