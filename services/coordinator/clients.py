@@ -35,6 +35,12 @@ _STRATEGY = {
 }
 
 
+def _open(target: str, tls: ClientTLS | None, max_message_bytes: int) -> grpc.aio.Channel:
+    """The one channel of a client, with TLS when configured."""
+    tls_kwargs = tls.kwargs() if tls else {}
+    return open_channel(target, max_message_bytes=max_message_bytes, **tls_kwargs)  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how patiently a call is retried."""
@@ -85,8 +91,7 @@ class GrpcScorer:
         tls: ClientTLS | None = None,
         max_message_bytes: int = 16 * 1024 * 1024,
     ) -> None:
-        tls_kwargs = tls.kwargs() if tls else {}
-        self.channel = open_channel(target, max_message_bytes=max_message_bytes, **tls_kwargs)  # type: ignore[arg-type]
+        self.channel = _open(target, tls, max_message_bytes)
         self.stub = scorer_pb2_grpc.ScorerServiceStub(self.channel)
         self.chunk_size = chunk_size
         self.deadline = deadline_seconds
@@ -166,8 +171,7 @@ class GrpcProposer:
         tls: ClientTLS | None = None,
         max_message_bytes: int = 16 * 1024 * 1024,
     ) -> None:
-        tls_kwargs = tls.kwargs() if tls else {}
-        self.channel = open_channel(target, max_message_bytes=max_message_bytes, **tls_kwargs)  # type: ignore[arg-type]
+        self.channel = _open(target, tls, max_message_bytes)
         self.stub = optimizer_pb2_grpc.OptimizerServiceStub(self.channel)
         self.deadline = deadline_seconds
         self.retry = retry or RetryPolicy()
