@@ -55,7 +55,7 @@ async def start_scorer(tiny: tuple[Path, Path], **overrides: object) -> tuple[Sc
 @pytest.fixture
 async def busy_scorer(tiny: tuple[Path, Path]) -> AsyncIterator[int]:
     """A scorer that holds each batch 200 ms and queues at most 4 templates."""
-    engine, server = await start_scorer(tiny, max_queue_templates=4, batch_wait_ms=200)
+    engine, server = await start_scorer(tiny, max_queue_templates=4, batch_wait_ms=200, batch_wait_alone=True)
     try:
         yield server.port
     finally:
