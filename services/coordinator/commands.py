@@ -455,11 +455,15 @@ def start_local_services(
     """Start the three services (store and feature cache under ``state``) and wait until they serve.
 
     ``llm_base_url`` None leaves the optimizer on its default endpoint (OpenAI, key from env).
+    With a fixed coordinator ``port`` the scorer takes ``port + 1`` and the optimizer ``port + 2``
+    (so `promptclimb eval`'s default scorer target, 127.0.0.1:50051, finds `up`'s scorer); with 0,
+    every service takes a free port.
     On any failure or interrupt, whatever was started is stopped before the exception propagates.
     """
     procs: list[tuple[str, subprocess.Popen[str]]] = []
     try:
-        scorer_argv = ["--model", model, "--port", "0", "--cache-dir", str(state / "features")]
+        scorer_argv = ["--model", model, "--port", str(port + 1 if port else 0)]
+        scorer_argv += ["--cache-dir", str(state / "features")]
         for flag, value in (("pretrained", pretrained), ("device", device), ("threads", scorer_threads)):
             if value:
                 scorer_argv += [f"--{flag}", str(value)]
@@ -467,7 +471,7 @@ def start_local_services(
             scorer_argv += ["--dataset", d]
         proc, scorer_port = _start_service("scorer", scorer_argv, timeout, log)
         procs.append(("scorer", proc))
-        optimizer_argv = ["--port", "0"]
+        optimizer_argv = ["--port", str(port + 2 if port else 0)]
         for flag, value in (
             ("llm-base-url", llm_base_url),
             ("llm-model", llm_model),
