@@ -7,7 +7,7 @@
 #   bash bench/gpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-$(command -v /work/venv/bin/python || command -v python3)}
+PY=${PY:-$(command -v .venv/bin/python || command -v python3)}  # the repo venv (install.sh), else the machine's
 OUT=${OUT:-bench-gpu-out}
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 PYTHONPATH=$PWD
