@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from promptclimb.common.runner import run_service
 from promptclimb.common.settings import add_server_arguments, server_flags, with_overrides
 from services.coordinator.settings import CoordinatorSettings
+
+if TYPE_CHECKING:
+    from promptclimb.common.server import ServiceServer
+    from services.coordinator.runner import SearchRunner
 
 SERVICE_NAME = "promptclimb.api.v1.CoordinatorService"
 
@@ -47,14 +51,29 @@ def _serve(args: argparse.Namespace) -> int:
     return run_service(settings, lambda: serve(settings))
 
 
-async def serve(settings: CoordinatorSettings) -> None:
-    """Run the coordinator until SIGTERM/SIGINT."""
+def build_server(settings: CoordinatorSettings, runner: SearchRunner) -> ServiceServer:
+    """The coordinator's gRPC server around ``runner`` (health, reflection, metrics, token check)."""
     from promptclimb.api.v1 import coordinator_pb2_grpc
     from promptclimb.common.auth import BearerTokenInterceptor
-    from promptclimb.common.server import ServiceServer, announce
+    from promptclimb.common.server import ServiceServer
+    from services.coordinator.servicer import CoordinatorServicer
+
+    servicer = CoordinatorServicer(runner)
+    token = settings.auth_token.get_secret_value() if settings.auth_token else None
+    return ServiceServer(
+        name="coordinator",
+        settings=settings,
+        service_names=[SERVICE_NAME],
+        register=lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s),
+        interceptors=[BearerTokenInterceptor(token)] if token else [],
+    )
+
+
+async def serve(settings: CoordinatorSettings) -> None:
+    """Run the coordinator until SIGTERM/SIGINT."""
+    from promptclimb.common.server import announce
     from services.coordinator.clients import GrpcProposer, GrpcScorer, RetryPolicy
     from services.coordinator.runner import SearchRunner
-    from services.coordinator.servicer import CoordinatorServicer
     from services.coordinator.store import SearchStore
 
     retry = RetryPolicy(max_attempts=settings.max_attempts, backoff_seconds=settings.backoff_seconds)
@@ -83,16 +102,7 @@ async def serve(settings: CoordinatorSettings) -> None:
         max_running=settings.max_running_searches,
         owner=settings.replica_id,
     )
-    servicer = CoordinatorServicer(runner)
-    server = ServiceServer(
-        name="coordinator",
-        settings=settings,
-        service_names=[SERVICE_NAME],
-        register=lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s),
-        interceptors=[BearerTokenInterceptor(settings.auth_token.get_secret_value())]
-        if settings.auth_token
-        else [],
-    )
+    server = build_server(settings, runner)
     port = await server.start()
     await runner.start()  # resumes unfinished searches whose lease is free
     await server.set_ready()

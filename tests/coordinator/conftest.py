@@ -11,12 +11,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from promptclimb.api.v1 import coordinator_pb2_grpc
 from promptclimb.client import CoordinatorClient
-from promptclimb.common.server import ServiceServer
 from services.coordinator.clients import GrpcProposer, GrpcScorer, RetryPolicy
+from services.coordinator.main import build_server as build_coordinator
 from services.coordinator.runner import SearchRunner
-from services.coordinator.servicer import CoordinatorServicer
 from services.coordinator.settings import CoordinatorSettings
 from services.coordinator.store import SearchStore
 from tests.coordinator.fakes import FakeOptimizer, FakeScorer, start_optimizer, start_scorer
@@ -57,13 +55,7 @@ async def harness(
     scorer = GrpcScorer(f"127.0.0.1:{scorer_port}", chunk_size=4, deadline_seconds=5, retry=retry)
     proposer = GrpcProposer(f"127.0.0.1:{optimizer_port}", deadline_seconds=5, retry=retry)
     runner = SearchRunner(store, scorer, proposer, lease_seconds=3)
-    servicer = CoordinatorServicer(runner)
-    server = ServiceServer(
-        name="coordinator",
-        settings=CoordinatorSettings(port=0),
-        service_names=["x"],
-        register=lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s),
-    )
+    server = build_coordinator(CoordinatorSettings(port=0), runner)
     port = await server.start()
     await runner.start()
     client = CoordinatorClient(f"127.0.0.1:{port}", timeout=10)

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from promptclimb.api.v1 import coordinator_pb2, coordinator_pb2_grpc
+from promptclimb.api.v1 import coordinator_pb2
 from promptclimb.client import CoordinatorClient
-from promptclimb.common.server import ServiceServer
 from services.coordinator.clients import GrpcProposer, GrpcScorer, RetryPolicy
+from services.coordinator.main import build_server as build_coordinator
 from services.coordinator.pools import NAMED_POOLS
 from services.coordinator.runner import SearchRunner
-from services.coordinator.servicer import CoordinatorServicer
 from services.coordinator.settings import CoordinatorSettings
 from services.coordinator.store import SearchStore
 from services.optimizer.main import build_server
@@ -85,13 +84,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     scorer = GrpcScorer(f"127.0.0.1:{scorer_port}", chunk_size=4, deadline_seconds=10, retry=retry)
     proposer = GrpcProposer(f"127.0.0.1:{optimizer_port}", deadline_seconds=10, retry=retry)
     runner = SearchRunner(store, scorer, proposer, lease_seconds=30)
-    servicer = CoordinatorServicer(runner)
-    server = ServiceServer(
-        "coordinator",
-        CoordinatorSettings(port=0),
-        ["c"],
-        lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s),
-    )
+    server = build_coordinator(CoordinatorSettings(port=0), runner)
     port = await server.start()
     await runner.start()
     client = CoordinatorClient(f"127.0.0.1:{port}", timeout=30)

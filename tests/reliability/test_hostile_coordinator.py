@@ -21,10 +21,9 @@ from hypothesis import strategies as st
 from promptclimb.api.v1 import coordinator_pb2, coordinator_pb2_grpc
 from promptclimb.common.server import ServiceServer
 from services.coordinator.clients import GrpcProposer, GrpcScorer, RetryPolicy
-from services.coordinator.main import SERVICE_NAME
+from services.coordinator.main import build_server as build_coordinator
 from services.coordinator.pools import NAMED_POOLS
 from services.coordinator.runner import SearchRunner
-from services.coordinator.servicer import CoordinatorServicer
 from services.coordinator.settings import CoordinatorSettings
 from services.coordinator.store import SearchStore
 from tests.coordinator.fakes import FakeOptimizer, FakeScorer, start_optimizer, start_scorer
@@ -77,13 +76,7 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory, error_log: ErrorLog) -
         scorer = GrpcScorer(f"127.0.0.1:{scorer_port}", deadline_seconds=5, retry=retry)
         proposer = GrpcProposer(f"127.0.0.1:{optimizer_port}", deadline_seconds=5, retry=retry)
         runner = SearchRunner(store, scorer, proposer, lease_seconds=5, max_running=2)
-        servicer = CoordinatorServicer(runner)
-        server = ServiceServer(
-            "coordinator",
-            CoordinatorSettings(port=0, max_message_bytes=4 * 1024 * 1024),
-            [SERVICE_NAME],
-            lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s),
-        )
+        server = build_coordinator(CoordinatorSettings(port=0, max_message_bytes=4 * 1024 * 1024), runner)
         await server.start()
         await runner.start()
         await server.set_ready()

@@ -13,15 +13,15 @@ from pathlib import Path
 import grpc
 import pytest
 
-from promptclimb.api.v1 import coordinator_pb2, coordinator_pb2_grpc, scorer_pb2, scorer_pb2_grpc
+from promptclimb.api.v1 import coordinator_pb2, scorer_pb2, scorer_pb2_grpc
 from promptclimb.client import CoordinatorClient
 from promptclimb.common.channels import open_channel
 from promptclimb.common.errors import retry_delay_of
 from promptclimb.common.server import ServiceServer
 from services.coordinator import metrics as coordinator_metrics
 from services.coordinator.clients import GrpcProposer, GrpcScorer, RetryPolicy
+from services.coordinator.main import build_server as build_coordinator
 from services.coordinator.runner import SearchRunner
-from services.coordinator.servicer import CoordinatorServicer
 from services.coordinator.settings import CoordinatorSettings
 from services.coordinator.store import SearchStore
 from services.scorer.datasets import parse_dataset_spec
@@ -93,13 +93,7 @@ async def test_coordinator_backs_off_and_the_search_succeeds(busy_scorer: int, t
     scorer = GrpcScorer(f"127.0.0.1:{busy_scorer}", chunk_size=2, max_concurrent_chunks=4, retry=retry)
     proposer = GrpcProposer(f"127.0.0.1:{optimizer_port}", retry=retry)
     runner = SearchRunner(store, scorer, proposer, lease_seconds=30)
-    servicer = CoordinatorServicer(runner)
-    server = ServiceServer(
-        "coordinator",
-        CoordinatorSettings(port=0),
-        ["c"],
-        lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s),
-    )
+    server = build_coordinator(CoordinatorSettings(port=0), runner)
     port = await server.start()
     await runner.start()
     retries = coordinator_metrics.SCORER_RETRIES.labels("RESOURCE_EXHAUSTED")

@@ -13,16 +13,16 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import SecretStr
 
 from promptclimb.api.v1 import coordinator_pb2, coordinator_pb2_grpc, optimizer_pb2_grpc, scorer_pb2_grpc
 from promptclimb.client import CoordinatorClient
-from promptclimb.common.auth import BearerTokenInterceptor
 from promptclimb.common.channels import ClientTLS, open_channel
 from promptclimb.common.server import ServiceServer
 from services.coordinator.clients import GrpcProposer, GrpcScorer, RetryPolicy
 from services.coordinator.export import search_to_dict
+from services.coordinator.main import build_server as build_coordinator
 from services.coordinator.runner import SearchRunner
-from services.coordinator.servicer import CoordinatorServicer
 from services.coordinator.settings import CoordinatorSettings
 from services.coordinator.store import SearchStore
 from tests.coordinator.fakes import FakeOptimizer, FakeScorer
@@ -111,13 +111,11 @@ async def secured(tmp_path: Path, certs: Certs) -> AsyncIterator[int]:
     )
     store = SearchStore(str(tmp_path / "s.db"))
     runner = SearchRunner(store, scorer, proposer, lease_seconds=3)
-    servicer = CoordinatorServicer(runner)
-    coordinator = ServiceServer(
-        "coordinator",
-        CoordinatorSettings(port=0, tls_cert=certs.server_cert, tls_key=certs.server_key),
-        ["promptclimb.api.v1.CoordinatorService"],
-        lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s),
-        interceptors=[BearerTokenInterceptor(TOKEN)],
+    coordinator = build_coordinator(
+        CoordinatorSettings(
+            port=0, tls_cert=certs.server_cert, tls_key=certs.server_key, auth_token=SecretStr(TOKEN)
+        ),
+        runner,
     )
     port = await coordinator.start()
     await coordinator.set_ready()

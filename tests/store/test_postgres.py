@@ -22,11 +22,10 @@ import pytest
 
 from promptclimb.api.v1 import coordinator_pb2, coordinator_pb2_grpc
 from promptclimb.common.errors import retry_delay_of
-from promptclimb.common.server import ServiceServer
 from services.coordinator.clients import GrpcProposer, GrpcScorer, RetryPolicy
+from services.coordinator.main import build_server as build_coordinator
 from services.coordinator.runner import SearchRunner
 from services.coordinator.search import SearchConfig
-from services.coordinator.servicer import CoordinatorServicer
 from services.coordinator.settings import CoordinatorSettings
 from services.coordinator.store import RUNNING, SUCCEEDED, SearchRecord, SearchStore
 from tests.coordinator.fakes import FakeOptimizer, FakeScorer, fake_accuracy, start_optimizer, start_scorer
@@ -303,13 +302,7 @@ async def test_api_calls_during_a_store_outage_are_unavailable_then_work_again(
     await runner.start()
     record, _ = runner.submit(config("api", iterations=1), None)
     await wait_for(runner.store, record.id, lambda r: r.done)
-    servicer = CoordinatorServicer(runner)
-    server = ServiceServer(
-        "coordinator",
-        CoordinatorSettings(port=0),
-        ["promptclimb.api.v1.CoordinatorService"],
-        lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s),
-    )
+    server = build_coordinator(CoordinatorSettings(port=0), runner)
     port = await server.start()
     name = f"searches/{record.id}"
     try:
