@@ -349,7 +349,7 @@ def _eval(args: argparse.Namespace) -> int:
 # ---- up ----------------------------------------------------------------------------------------
 
 
-def _start_service(
+def start_service(
     name: str, argv: list[str], timeout: float, log: IO[str] | None = None
 ) -> tuple[subprocess.Popen[str], int]:
     """Start ``promptclimb serve NAME …`` and wait for its "listening" line and SERVING health.
@@ -405,7 +405,8 @@ def _wait_serving(name: str, port: int, proc: subprocess.Popen[str], timeout: fl
     raise RuntimeError(f"{name} did not become ready (exit code {proc.poll()})")
 
 
-def _stop_all(procs: list[tuple[str, subprocess.Popen[str]]]) -> None:
+def stop_services(procs: list[tuple[str, subprocess.Popen[str]]]) -> None:
+    """SIGTERM in reverse start order, then wait (kill after 15 s)."""
     for _, p in reversed(procs):
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
@@ -434,7 +435,7 @@ class LocalServices:
 
     def stop(self) -> None:
         """SIGTERM in reverse start order, then wait (kill after 15 s)."""
-        _stop_all(self.procs)
+        stop_services(self.procs)
 
 
 def start_local_services(
@@ -469,7 +470,7 @@ def start_local_services(
                 scorer_argv += [f"--{flag}", str(value)]
         for d in datasets:
             scorer_argv += ["--dataset", d]
-        proc, scorer_port = _start_service("scorer", scorer_argv, timeout, log)
+        proc, scorer_port = start_service("scorer", scorer_argv, timeout, log)
         procs.append(("scorer", proc))
         optimizer_argv = ["--port", str(port + 2 if port else 0)]
         for flag, value in (
@@ -479,17 +480,17 @@ def start_local_services(
         ):
             if value:
                 optimizer_argv += [f"--{flag}", value]
-        proc, optimizer_port = _start_service("optimizer", optimizer_argv, timeout, log)
+        proc, optimizer_port = start_service("optimizer", optimizer_argv, timeout, log)
         procs.append(("optimizer", proc))
         store = state / "searches.db"
         coordinator_argv = [
             "--scorer", f"127.0.0.1:{scorer_port}", "--optimizer", f"127.0.0.1:{optimizer_port}",
             "--store", str(store), "--port", str(port),
         ]  # fmt: skip
-        proc, coordinator_port = _start_service("coordinator", coordinator_argv, timeout, log)
+        proc, coordinator_port = start_service("coordinator", coordinator_argv, timeout, log)
         procs.append(("coordinator", proc))
     except BaseException:
-        _stop_all(procs)
+        stop_services(procs)
         raise
     return LocalServices(
         scorer=f"127.0.0.1:{scorer_port}",

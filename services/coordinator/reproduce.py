@@ -30,14 +30,13 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from promptclimb.common.processes import die_with_parent
+from services.coordinator.commands import start_service, stop_services
 
 # ---- CoOp's datasets ---------------------------------------------------------------------------
 
@@ -893,37 +892,12 @@ def model_of(backbone: str, model_map: dict[str, tuple[str, str | None]]) -> tup
 
 
 def _launch(name: str, argv: list[str], timeout: float, log_path: Path) -> tuple[subprocess.Popen[str], int]:
-    """Start ``promptclimb serve NAME …`` tied to this process; wait until it serves. Returns (proc, port)."""
-    from services.coordinator.commands import _LISTENING, _wait_serving
-
-    log_file = log_path.open("a")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "promptclimb", "serve", name, *argv],
-        stdout=subprocess.PIPE,
-        stderr=log_file,
-        text=True,
-        preexec_fn=die_with_parent(),
-    )
-    log_file.close()
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        m = _LISTENING.search(line)
-        if m and m.group(1) == name:
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            try:
-                _wait_serving(name, int(m.group(2)), proc, deadline - time.monotonic())
-            except RuntimeError:
-                proc.kill()
-                proc.wait()
-                raise
-            return proc, int(m.group(2))
-    proc.kill()
-    proc.wait()
-    raise ReproduceError(f"{name} did not start (exit code {proc.poll()}); see {log_path}")
+    """Start ``promptclimb serve NAME …`` logging to ``log_path``; wait until it serves: (proc, port)."""
+    with log_path.open("a") as log:
+        try:
+            return start_service(name, argv, timeout, log)
+        except RuntimeError as err:
+            raise ReproduceError(f"{err}; see {log_path}") from err
 
 
 def start_services(
@@ -964,13 +938,6 @@ def start_services(
         stop_services(procs)
         raise
     return endpoints, procs
-
-
-def stop_services(procs: list[tuple[str, subprocess.Popen[str]]]) -> None:
-    """SIGTERM in reverse start order, then wait (kill after 15 s)."""
-    from services.coordinator.commands import _stop_all
-
-    _stop_all(procs)
 
 
 # ---- CLI ---------------------------------------------------------------------------------------
