@@ -21,18 +21,13 @@ from promptclimb.api.v1 import common_pb2, optimizer_pb2, optimizer_pb2_grpc, sc
 from promptclimb.common.channels import ClientTLS, open_channel
 from promptclimb.common.errors import retry_delay_of
 from services.coordinator import metrics
-from services.coordinator.search import Proposal, ProposalRequest, Score, SearchFailed, Strategy
+from services.coordinator.convert import STRATEGY_TO_PROTO, scored_to_proto
+from services.coordinator.search import Proposal, ProposalRequest, Score, SearchFailed
 
 log = logging.getLogger(__name__)
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 T = TypeVar("T")
-
-_STRATEGY = {
-    Strategy.CONVERSATION: common_pb2.STRATEGY_CONVERSATION,
-    Strategy.CONTRAST: common_pb2.STRATEGY_CONTRAST,
-    Strategy.TRAJECTORY: common_pb2.STRATEGY_TRAJECTORY,
-}
 
 
 def _open(target: str, tls: ClientTLS | None, max_message_bytes: int) -> grpc.aio.Channel:
@@ -185,19 +180,8 @@ class GrpcProposer:
         message = optimizer_pb2.ProposePromptsRequest(
             task_description=request.task_description,
             class_names=list(request.class_names),
-            history=[
-                common_pb2.ScoredTemplate(
-                    template=t.template,
-                    accuracy=t.accuracy,
-                    correct=t.correct,
-                    total=t.total,
-                    restart=t.restart,
-                    iteration=t.iteration,
-                    origin=t.origin,
-                )
-                for t in request.history
-            ],
-            strategy=_STRATEGY[request.strategy],
+            history=[scored_to_proto(t) for t in request.history],
+            strategy=STRATEGY_TO_PROTO[request.strategy],
             best_k=request.best_k,
             worst_k=request.worst_k,
             num_templates=request.num_templates,
