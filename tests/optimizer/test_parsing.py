@@ -107,11 +107,14 @@ CASES = [
     ),
     pytest.param(
         # What SmolLM2 wrote when its JSON broke: debris around a slot must not be scored.
-        '{ "templates": ["{}" ,"template_id:5132} }\na photo of a {}, seen in [the shop]\na clean {} photo.',
-        ["a clean {} photo."],
+        '{ "templates": ["{}" ,"template_id:5132} }\na photo of a {}, seen in [the shop]\na clean {} photo.\n'
+        "{}.json(new JSON)\nprompt = a {}\na {} (in a shop), dim.",
+        ["a clean {} photo.", "a {} (in a shop), dim."],
         [
             R('{ "templates": ["{}" ,"template_id:5132} }', "markup"),
             R("a photo of a {}, seen in [the shop]", "markup"),
+            R("{}.json(new JSON)", "markup"),
+            R("prompt = a {}", "markup"),
         ],
         id="broken-json-debris-is-markup",
     ),
