@@ -92,7 +92,7 @@ class RandomEditProposer:
     async def propose(self, request: ProposalRequest) -> Proposal:
         """``num_templates`` new templates, each one edit of one of the ``best_k`` best."""
         history = list(request.history)
-        best = sorted(history, key=lambda t: -t.accuracy)[: max(1, request.best_k)]
+        best = sorted(history, key=lambda t: t.rank_key())[: max(1, request.best_k)]  # as the search ranks
         vocab = vocabulary([t.template for t in history])
         known = {t.template for t in history}
         out: list[str] = []

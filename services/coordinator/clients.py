@@ -135,6 +135,7 @@ class GrpcScorer:
                     s.correct,
                     s.total,
                     s.error.message or "rejected" if s.HasField("error") and s.error.code else None,
+                    s.loss,
                 )
                 for s, t in zip(reply.scores, chunk, strict=False)
             ]

@@ -183,6 +183,7 @@ def scored_to_proto(t: ScoredTemplate) -> common_pb2.ScoredTemplate:
         restart=t.restart,
         iteration=t.iteration,
         origin=t.origin,
+        loss=t.loss,
     )
 
 

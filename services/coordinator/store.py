@@ -40,8 +40,10 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
@@ -96,6 +98,7 @@ scored_templates = Table(
     Column("iteration", Integer, nullable=False),
     Column("origin", String(16), nullable=False),
     Column("error", Text, nullable=True),
+    Column("loss", Float, nullable=True),  # added after 0.1: see Store._upgrade
     UniqueConstraint("search_id", "split", "template", name="uq_scored_once"),
 )
 
@@ -217,6 +220,19 @@ class SearchStore:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Add columns that later versions introduced to a database made by an earlier one.
+
+        ``create_all`` makes missing tables, not missing columns. One nullable column so far
+        (``scored_templates.loss``): an ``ALTER TABLE ... ADD COLUMN`` that SQLite and PostgreSQL
+        both accept, with old rows reading NULL (their ties keep the earliest-first order).
+        """
+        present = {c["name"] for c in inspect(self.engine).get_columns("scored_templates")}
+        if "loss" not in present:
+            with self.engine.begin() as c:
+                c.execute(text("ALTER TABLE scored_templates ADD COLUMN loss FLOAT"))
 
     def close(self) -> None:
         """Release connections."""
@@ -461,7 +477,7 @@ class SearchStore:
             ).mappings()
             return {
                 (r["split"], r["template"]): Score(
-                    r["template"], r["accuracy"], r["correct"], r["total"], r["error"]
+                    r["template"], r["accuracy"], r["correct"], r["total"], r["error"], r["loss"]
                 )
                 for r in rows
             }
@@ -484,6 +500,7 @@ class SearchStore:
                 iteration=iteration,
                 origin=origin,
                 error=s.error,
+                loss=s.loss,
             )
             for s in scores
         ]
@@ -590,5 +607,12 @@ def _record(row: Any) -> SearchRecord:
 
 def _scored(r: Any) -> ScoredTemplate:
     return ScoredTemplate(
-        r["template"], r["accuracy"], r["correct"], r["total"], r["restart"], r["iteration"], r["origin"]
+        r["template"],
+        r["accuracy"],
+        r["correct"],
+        r["total"],
+        r["restart"],
+        r["iteration"],
+        r["origin"],
+        r["loss"],
     )

@@ -29,6 +29,7 @@ class ScoredTemplate:
 
     template: str
     accuracy: float
+    loss: float | None = None  # the scorer's cross-entropy: breaks accuracy ties (lower is better)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,10 @@ def to_domain(request: optimizer_pb2.ProposePromptsRequest) -> ProposalRequest:
         )
     return ProposalRequest(
         strategy=strategy,
-        history=[ScoredTemplate(h.template, h.accuracy) for h in request.history],
+        history=[
+            ScoredTemplate(h.template, h.accuracy, h.loss if h.HasField("loss") else None)
+            for h in request.history
+        ],
         num_templates=request.num_templates,
         best_k=request.best_k,
         worst_k=request.worst_k,

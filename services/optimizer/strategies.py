@@ -7,6 +7,7 @@ can be read (and changed) in one place; tests pin the exact messages.
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 from services.optimizer.domain import ChatMessage, ProposalRequest, ScoredTemplate, StrategyName
@@ -62,13 +63,18 @@ def task_lines(request: ProposalRequest) -> list[str]:
 
 
 def ranked(history: list[ScoredTemplate]) -> list[ScoredTemplate]:
-    """History without repeats (best score kept), best first; ties keep their history order."""
+    """History without repeats (best score kept), best first, as the coordinator ranks: accuracy,
+    then the lower loss (unknown last); remaining ties keep their history order."""
     best: dict[str, ScoredTemplate] = {}
     for scored in history:
         key = dedupe_key(scored.template)
-        if key not in best or scored.accuracy > best[key].accuracy:
+        if key not in best or _rank(scored) < _rank(best[key]):
             best[key] = scored
-    return sorted(best.values(), key=lambda s: -s.accuracy)
+    return sorted(best.values(), key=_rank)
+
+
+def _rank(s: ScoredTemplate) -> tuple[float, float]:
+    return (-s.accuracy, math.inf if s.loss is None else s.loss)
 
 
 def best_and_worst(request: ProposalRequest) -> tuple[list[ScoredTemplate], list[ScoredTemplate]]:

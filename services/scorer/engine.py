@@ -95,6 +95,9 @@ class TemplateResult:
     total: int = 0
     per_class_accuracy: list[float] = field(default_factory=list)
     error: str | None = None
+    # Mean cross-entropy of the true class under softmax(logit_scale * cosine), CLIP's own
+    # zero-shot probabilities: a finer signal than the count for telling tied templates apart.
+    loss: float = 0.0
 
     @property
     def accuracy(self) -> float:
@@ -376,6 +379,9 @@ class ClipModel:
         with torch.inference_mode():
             probe = model.encode_text(self.tokenizer(["a"]).to(self.device))
         self.embed_dim = int(probe.shape[-1])
+        # CLIP's learned temperature; models without one (custom towers) get CLIP's initial 1/0.07.
+        scale = getattr(model, "logit_scale", None)
+        self.logit_scale = float(scale.detach().exp()) if scale is not None else 1 / 0.07
 
     def tokenize(self, texts: Sequence[str]) -> tuple[Any, list[bool]]:
         """Tokens at full context, and per text whether it was longer than the context."""
@@ -807,6 +813,8 @@ class ScoringEngine:
         import torch
 
         start = time.perf_counter()
+        assert self.model is not None
+        scale = self.model.logit_scale
         groups = [f.texts for job in batch for f in job.filled if not isinstance(f, str)]
         embs, too_long = self._embed(groups)
         out = []
@@ -851,9 +859,11 @@ class ScoringEngine:
             chunk = max(1, int(2**26 // max(1, n * num_classes)))
             for s in range(0, len(weights), chunk):
                 w = torch.stack(weights[s : s + chunk])
-                pred = torch.einsum("nd,tcd->tnc", feats, w).argmax(dim=-1)
-                hit = pred == labels
+                logits = torch.einsum("nd,tcd->tnc", feats, w)
+                hit = logits.argmax(dim=-1) == labels
                 correct = hit.sum(dim=1).tolist()
+                log_probs = torch.log_softmax(logits.mul_(scale), dim=-1)
+                losses = (-log_probs.gather(-1, labels.expand(len(w), -1)[..., None])).mean(dim=(1, 2))
                 per_class = None
                 if job.per_class:
                     totals = torch.bincount(labels, minlength=num_classes).clamp(min=1)
@@ -863,6 +873,7 @@ class ScoringEngine:
                 for k, ci in enumerate(scored[s : s + chunk]):
                     r = results[ci]
                     r.correct, r.total = int(correct[k]), n
+                    r.loss = float(losses[k])
                     if per_class is not None:
                         r.per_class_accuracy = [float(x) for x in per_class[k]]
             out.append(Evaluation(results, list(job.dataset.class_names), 0.0))

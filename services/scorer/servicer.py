@@ -52,6 +52,7 @@ def _score(r: eng.TemplateResult) -> scorer_pb2.TemplateScore:
         correct=r.correct,
         total=r.total,
         per_class_accuracy=r.per_class_accuracy,
+        loss=r.loss,
     )
     if r.error is not None:
         msg.error.code = _INVALID_ARGUMENT

@@ -189,3 +189,48 @@ async def test_a_seeded_search_sends_a_different_seed_per_call_and_does_not_stal
         unseeded,  # type: ignore[arg-type]
     ).run()
     assert unseeded.seeds[0] is None
+
+
+def test_accuracy_ties_go_to_the_lower_loss_then_to_the_earliest() -> None:
+    from services.coordinator.search import ScoredTemplate
+
+    state = SearchState(SearchConfig(dataset="d"))
+    state.history = [
+        ScoredTemplate("a photo of a {}.", 0.9, 9, 10, 0, 0, "pool", loss=0.80),
+        ScoredTemplate("old {}", 0.9, 9, 10, 0, 0, "pool"),  # recorded before losses existed
+        ScoredTemplate("a {} on black.", 0.9, 9, 10, 0, 1, "llm", loss=0.55),
+        ScoredTemplate("a {}, worse.", 0.8, 8, 10, 0, 1, "llm", loss=0.10),
+        ScoredTemplate("a grey {}.", 0.9, 9, 10, 0, 2, "llm", loss=0.55),
+    ]
+    assert state.best is not None and state.best.template == "a {} on black."
+    assert [t.template for t in state.top(5)] == [
+        "a {} on black.",  # accuracy first; at 0.9 the lowest loss, earliest of the two at 0.55
+        "a grey {}.",
+        "a photo of a {}.",
+        "old {}",  # unknown loss ranks after known ones at the same accuracy
+        "a {}, worse.",  # a lower loss never beats a higher accuracy
+    ]
+
+
+def test_a_database_from_before_the_loss_column_is_upgraded_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    store = SearchStore(str(db))
+    record, _ = store.create(SearchConfig(dataset="d"), None)
+    store.close()
+    with sqlite3.connect(db) as c:  # make it look like the earlier schema, with one old row
+        c.execute("ALTER TABLE scored_templates DROP COLUMN loss")
+        c.execute(
+            "INSERT INTO scored_templates (search_id, split, template, accuracy, correct, total, restart,"
+            " iteration, origin) VALUES (?, 'train', 'old {}', 0.5, 1, 2, 0, 0, 'pool')",
+            (record.id,),
+        )
+    upgraded = SearchStore(str(db))
+    upgraded.add_scores(record.id, "train", [Score("new {}", 0.5, 1, 2, loss=0.25)], 0, 1, "llm")
+    scores = upgraded.scores(record.id)
+    assert scores[("train", "old {}")].loss is None
+    assert scores[("train", "new {}")].loss == 0.25
+    got = upgraded.get(record.id, with_history=True)
+    assert got is not None and [t.loss for t in got.history] == [None, 0.25]
+    upgraded.close()

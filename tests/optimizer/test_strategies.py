@@ -123,3 +123,16 @@ def test_repeated_history_entries_are_shown_once_with_their_best_score() -> None
     text = STRATEGIES[StrategyName.CONTRAST].messages(make_request(history=history))[-1].content
     assert text.count("close-up") == 1
     assert '"A close-up photo of the {}." (71.0%)' in text
+
+
+def test_accuracy_ties_are_ranked_by_the_lower_loss_as_the_coordinator_does() -> None:
+    scored = type(HISTORY[0])
+    history = [
+        scored("a photo of a {}.", 0.9, 0.8),
+        scored("a {} in a shop.", 0.9),  # no loss recorded: after those with one
+        scored("a grey photo of a {}.", 0.9, 0.4),
+        scored("a drawing of a {}.", 0.5, 0.1),
+    ]
+    text = STRATEGIES[StrategyName.CONTRAST].messages(make_request(history=history))[-1].content
+    good = text.split("Good templates:\n")[1].split("\n\n")[0]
+    assert good.splitlines() == ['- "a grey photo of a {}." (90.0%)', '- "a photo of a {}." (90.0%)']

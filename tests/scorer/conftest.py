@@ -64,6 +64,15 @@ def paper_scores(
     argmax of cosine similarity with the L2-normalised image features. Returns the class names
     and, per template, the correct-prediction flags (0/1) per image in class-folder order.
     """
+    classes, flags, _ = paper_scores_and_losses(model_dir, image_root, split, templates)
+    return classes, flags
+
+
+def paper_scores_and_losses(
+    model_dir: Path, image_root: Path, split: str, templates: Sequence[str]
+) -> tuple[list[str], list[list[int]], list[float]]:
+    """:func:`paper_scores` plus, per template, CLIP's zero-shot cross-entropy: the mean over
+    images of -log softmax(logit_scale * cosine)[true class]."""
     import open_clip
     import torch
     from PIL import Image
@@ -81,14 +90,16 @@ def paper_scores(
     with torch.no_grad():
         img = model.encode_image(torch.stack(pixels))
         img = img / img.norm(dim=-1, keepdim=True)
-        flags = []
+        flags, losses = [], []
         for template in templates:
             texts = [template.replace("{}", c) for c in classes]
             txt = model.encode_text(tokenizer(texts))
             txt = txt / txt.norm(dim=-1, keepdim=True)
             pred = (img @ txt.T).argmax(dim=-1)
             flags.append([int(p == y) for p, y in zip(pred.tolist(), labels, strict=True)])
-    return classes, flags
+            logits = model.logit_scale.exp() * img @ txt.T
+            losses.append(float(torch.nn.functional.cross_entropy(logits, torch.tensor(labels))))
+    return classes, flags, losses
 
 
 def paper_ensemble_correct(model_dir: Path, image_root: Path, split: str, templates: Sequence[str]) -> int:

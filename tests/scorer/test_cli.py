@@ -81,6 +81,7 @@ def test_counts_equal_an_independent_open_clip_computation(
     assert [s.template for s in response.scores] == TEMPLATES
     assert [s.correct for s in response.scores] == [sum(f) for f in flags]
     assert [s.total for s in response.scores] == [20] * len(TEMPLATES)
+    assert all(s.loss > 0 for s in response.scores)
     for s, f in zip(response.scores, flags, strict=True):
         assert s.accuracy == pytest.approx(sum(f) / 20)
         assert list(s.per_class_accuracy) == pytest.approx([sum(f[c * 4 : c * 4 + 4]) / 4 for c in range(5)])

@@ -13,7 +13,7 @@ import pytest
 from services.scorer.datasets import parse_dataset_spec
 from services.scorer.engine import BadRequest, QueueFull, ScoringEngine, UnknownDataset, UnknownSplit
 from services.scorer.settings import ScorerSettings
-from tests.scorer.conftest import TEMPLATES, paper_ensemble_correct, paper_scores
+from tests.scorer.conftest import TEMPLATES, paper_ensemble_correct, paper_scores, paper_scores_and_losses
 
 
 def make_engine(model: Path, images: Path, cache: Path | None, **settings: object) -> ScoringEngine:
@@ -44,6 +44,17 @@ async def test_counts_equal_the_paper_computation(
     # Per-class accuracy: the fraction of each class's 4 test images predicted right.
     for score, f in zip(result.scores, flags, strict=True):
         assert score.per_class_accuracy == [sum(f[c * 4 : c * 4 + 4]) / 4 for c in range(5)]
+    await engine.close()
+
+
+async def test_loss_equals_clips_zero_shot_cross_entropy(tiny_model: Path, images: Path) -> None:
+    # The tie-breaker the coordinator ranks by: computed here from the same logits as the counts.
+    engine = make_engine(tiny_model, images, None)
+    result = await engine.evaluate("demo", "test", TEMPLATES)
+    _, flags, losses = paper_scores_and_losses(tiny_model, images, "test", TEMPLATES)
+    assert [s.correct for s in result.scores] == [sum(f) for f in flags]
+    assert [s.loss for s in result.scores] == pytest.approx(losses, rel=1e-4)
+    assert len(set(losses)) > 1  # the templates really differ, so the comparison can fail
     await engine.close()
 
 

@@ -17,7 +17,7 @@ STRATEGY_CONTRAST: Strategy
 STRATEGY_TRAJECTORY: Strategy
 
 class ScoredTemplate(_message.Message):
-    __slots__ = ("template", "accuracy", "correct", "total", "restart", "iteration", "origin")
+    __slots__ = ("template", "accuracy", "correct", "total", "restart", "iteration", "origin", "loss")
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     CORRECT_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class ScoredTemplate(_message.Message):
     RESTART_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
     template: str
     accuracy: float
     correct: int
@@ -32,7 +33,8 @@ class ScoredTemplate(_message.Message):
     restart: int
     iteration: int
     origin: str
-    def __init__(self, template: _Optional[str] = ..., accuracy: _Optional[float] = ..., correct: _Optional[int] = ..., total: _Optional[int] = ..., restart: _Optional[int] = ..., iteration: _Optional[int] = ..., origin: _Optional[str] = ...) -> None: ...
+    loss: float
+    def __init__(self, template: _Optional[str] = ..., accuracy: _Optional[float] = ..., correct: _Optional[int] = ..., total: _Optional[int] = ..., restart: _Optional[int] = ..., iteration: _Optional[int] = ..., origin: _Optional[str] = ..., loss: _Optional[float] = ...) -> None: ...
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")

@@ -27,20 +27,22 @@ class TemplateError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class TemplateScore(_message.Message):
-    __slots__ = ("template", "accuracy", "correct", "total", "per_class_accuracy", "error")
+    __slots__ = ("template", "accuracy", "correct", "total", "per_class_accuracy", "error", "loss")
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     CORRECT_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     PER_CLASS_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
     template: str
     accuracy: float
     correct: int
     total: int
     per_class_accuracy: _containers.RepeatedScalarFieldContainer[float]
     error: TemplateError
-    def __init__(self, template: _Optional[str] = ..., accuracy: _Optional[float] = ..., correct: _Optional[int] = ..., total: _Optional[int] = ..., per_class_accuracy: _Optional[_Iterable[float]] = ..., error: _Optional[_Union[TemplateError, _Mapping]] = ...) -> None: ...
+    loss: float
+    def __init__(self, template: _Optional[str] = ..., accuracy: _Optional[float] = ..., correct: _Optional[int] = ..., total: _Optional[int] = ..., per_class_accuracy: _Optional[_Iterable[float]] = ..., error: _Optional[_Union[TemplateError, _Mapping]] = ..., loss: _Optional[float] = ...) -> None: ...
 
 class EvaluatePromptsResponse(_message.Message):
     __slots__ = ("scores", "class_names", "compute_seconds")
