@@ -10,8 +10,8 @@ class-name slot to ``{}`` and keeps a candidate only when it
 - is at most ``max_chars`` characters long after normalisation (``too_long``),
 - is new: not in the request's history and not earlier in the same reply (``duplicate``),
 - holds no leftover markup or code around its slot (``markup``): braces, square brackets or a
-  JSON ``"key":`` pair outside ``{}``, a call like ``.json(`` or an ``=`` mean the text is debris
-  of broken JSON or code, not a sentence (a weak model's half-written ``{"templates": ["{}" ,"…``
+  JSON ``"key":`` pair outside ``{}``, a call like ``.json(``, an ``=`` or an HTML tag mean the
+  text is debris of broken JSON, code or markup, not a sentence (a weak model's half-written ``{"templates": ["{}" ,"…``
   or ``{}.json(new JSON)`` otherwise scores like any template, and on a 1-shot split can win).
 
 Everything else comes back as a :class:`RejectedCandidate` with its reason, so a weak model's
@@ -68,7 +68,7 @@ _KEY_VALUE_LINE = re.compile(r'^"?[A-Za-z_][\w -]{0,30}"?\s*:\s*"(.*)"\s*,?$')
 _JSON_LAYOUT_LINE = re.compile(r'^\s*(?:"?[\w -]{1,30}"?\s*:\s*)?[\[\]{}(),]*\s*$')
 _SEPARATOR_LINE = re.compile(r"^\s*(?:[-=*_#`~]{3,}|#+)\s*$")
 _WHITESPACE = re.compile(r"\s+")
-_MARKUP = re.compile(r'[{}\[\]=]|"\s*:|"\s*,\s*"|^\s*\.\w|\w\(')
+_MARKUP = re.compile(r'[{}\[\]=]|"\s*:|"\s*,\s*"|^\s*\.\w|\w\(|</?[A-Za-z][\w-]*\s*/?>')
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 

@@ -108,13 +108,14 @@ CASES = [
     pytest.param(
         # What SmolLM2 wrote when its JSON broke: debris around a slot must not be scored.
         '{ "templates": ["{}" ,"template_id:5132} }\na photo of a {}, seen in [the shop]\na clean {} photo.\n'
-        "{}.json(new JSON)\nprompt = a {}\na {} (in a shop), dim.",
-        ["a clean {} photo.", "a {} (in a shop), dim."],
+        "{}.json(new JSON)\nprompt = a {}\na {} (in a shop), dim.\n<code>{}</code>\na {} <3 for sale",
+        ["a clean {} photo.", "a {} (in a shop), dim.", "a {} <3 for sale"],
         [
             R('{ "templates": ["{}" ,"template_id:5132} }', "markup"),
             R("a photo of a {}, seen in [the shop]", "markup"),
             R("{}.json(new JSON)", "markup"),
             R("prompt = a {}", "markup"),
+            R("<code>{}</code>", "markup"),
         ],
         id="broken-json-debris-is-markup",
     ),
