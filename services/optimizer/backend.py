@@ -47,16 +47,30 @@ TEMPLATES_SCHEMA: dict[str, Any] = {
     },
 }
 
+# A template as a grammar can enforce it: exactly one "{}" slot, short text around it. Only in
+# the json_object dialect (llama-cpp-python compiles it into the sampling grammar, so even a 135M
+# model writes a slot in every template; without it SmolLM2 wrote class names instead of "{}" in
+# most replies). The character set is explicit ASCII on purpose: llama-cpp-python 0.3's
+# pattern-to-grammar converter crashed the server on a negated class such as [^{}].
+SLOT_PATTERN = r"^[a-zA-Z0-9 ,.'!?;:()-]{0,60}\{\}[a-zA-Z0-9 ,.'!?;:()-]{0,60}$"
+
 # The structured-output dialects, in the order auto mode tries them.
 RESPONSE_FORMATS: dict[str, dict[str, Any]] = {
     "json_schema": {"type": "json_schema", "json_schema": TEMPLATES_SCHEMA},
-    # minItems stops a grammar-bound small model from answering {"templates": []}; kept out of the
-    # json_schema dialect because strict OpenAI schemas have not always accepted it.
+    # minItems stops a grammar-bound small model from answering {"templates": []}; it and the slot
+    # pattern are kept out of the json_schema dialect because strict OpenAI schemas have not
+    # always accepted them.
     "json_object": {
         "type": "json_object",
         "schema": {
             **TEMPLATES_SCHEMA["schema"],
-            "properties": {"templates": {"type": "array", "minItems": 1, "items": {"type": "string"}}},
+            "properties": {
+                "templates": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": "string", "pattern": SLOT_PATTERN},
+                }
+            },
         },
     },
 }

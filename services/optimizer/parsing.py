@@ -11,8 +11,9 @@ class-name slot to ``{}`` and keeps a candidate only when it
 - is new: not in the request's history and not earlier in the same reply (``duplicate``),
 - holds no leftover markup or code around its slot (``markup``): braces, square brackets or a
   JSON ``"key":`` pair outside ``{}``, a call like ``.json(``, an ``=`` or an HTML tag mean the
-  text is debris of broken JSON, code or markup, not a sentence (a weak model's half-written ``{"templates": ["{}" ,"…``
-  or ``{}.json(new JSON)`` otherwise scores like any template, and on a 1-shot split can win).
+  text is debris of broken JSON, code or markup, not a sentence (a weak model's half-written
+  ``{"templates": ["{}" ,"…`` or ``{}.json(new JSON)`` otherwise scores like any template, and
+  on a 1-shot split can win).
 
 Everything else comes back as a :class:`RejectedCandidate` with its reason, so a weak model's
 failure mode is visible on the dashboards instead of silently shrinking the proposals.
