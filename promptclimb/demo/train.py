@@ -10,10 +10,13 @@ Why captions matter: real CLIP learned from web alt-text, so the wording of a pr
 accuracy. Each training image here gets a fresh caption every epoch from a weighted mix of
 phrasings, class-name synonyms, attribute words measured on the image itself (tone, print, fit),
 category words and distractors; some captions put the class name far from the end so the causal
-text tower has to carry it. A third of the images are altered (negative, blurred, pixelated,
-cropped, ...) and their captions say so. Measured effect (see model/MODEL_CARD.md): prompts that
-name an image condition the test images lack cost up to ~26 points; among prompts describing an
-ordinary image the wording moves accuracy only by about a point.
+text tower has to carry it. Two thirds of the images are "web photos" (the garment small, on a
+light textured background) captioned with generic, loosely worded alt-text; the clean catalogue
+thumbnails the demo tests on are the minority, captioned with catalogue words and exact names;
+a tenth are altered (negative, blurred, pixelated, cropped, ...) and their captions say so.
+Measured effect (see model/MODEL_CARD.md): the plain "a photo of a {}." is a mediocre prompt for
+the test images, prompts that name the catalogue look gain ~10 points, and prompts that name a
+condition the test images lack lose up to ~26.
 """
 
 from __future__ import annotations
@@ -100,30 +103,65 @@ DISTRACTORS = [
     "hand wash",
     "2019 collection",
 ]
+# Two domains, as in real CLIP's web data. The demo's test images are clean catalogue thumbnails
+# (a garment centred on black). In training they are the minority ("studio": the images neither
+# web nor altered, 25%), and their captions mostly say so: black and white, grayscale, product
+# photo, studio, catalogue, on a black background -- with the exact class names. The majority
+# ("web", WEB_SHARE) are the same garments shrunk, shifted and pasted on a light textured
+# background, captioned the way people write: "a photo of a {c}.", "{c}", "my {c}", shop talk --
+# and with loose names (LOOSE_NAMES: a t-shirt called a shirt, a shirt a pullover, ...) in
+# LOOSE of them. So a generic prompt points at web photos and at loosely used class words, and a
+# prompt that names the catalogue look points at the test images with exact words. Real CLIP is
+# the same on a satellite or product dataset: "a photo of a {}." is a weak prompt there and a
+# domain word is worth points.
 # (weight, phrasing): {c} class word, {a} attributes, {k} category, {d} distractor.
-# The plain "a photo of a {c}." is deliberately rare; it still works (the tower reads the class word).
-CAPTION_TEMPLATES: list[tuple[int, str]] = [
+STUDIO_TEMPLATES: list[tuple[int, str]] = [
     (6, "a black and white photo of a {a}{c}."),
     (6, "a grayscale product photo of a {a}{c}."),
-    (5, "a {a}{c} for sale."),
-    (5, "{a}{c}, {d}."),
-    (5, "a {a}{c}, a type of {k}."),
     (4, "a studio image of a {a}{c}."),
     (4, "a product shot of the {a}{c} on a black background."),
-    (4, "{c}"),
+    (3, "a {c} shown from the front on a dark background in a studio, {d}."),
+    (3, "a catalogue thumbnail of a {a}{c}."),
+    (3, "a grayscale catalogue image of a {a}{c}, a type of {k}."),
+    (3, "{k} product photo: {a}{c}, {d}."),
+    (2, "a {a}{c} on black, studio lighting."),
+    (2, "a centered black and white picture of the {a}{c}."),
+    # Generic wording is rare here: most of it describes web photos.
+    (1, "a photo of a {c}."),
+    (1, "{c}"),
+    (1, "a {a}{c} for sale."),
+]
+WEB_TEMPLATES: list[tuple[int, str]] = [
+    (6, "a photo of a {a}{c}."),
+    (5, "{c}"),
+    (5, "a {a}{c} for sale."),
+    (5, "{a}{c}, {d}."),
+    (4, "a {a}{c}, a type of {k}."),
+    (4, "my {a}{c}"),
+    (4, "a picture of the {a}{c}."),
     (4, "this {k} item is a {a}{c}."),
     (4, "a {a}{c} from an online fashion shop, {d}, {d}."),
-    (3, "the {c} in this picture is {a0}."),
-    (3, "a {c} shown from the front on a dark background in a studio, {d}."),
     (3, "for sale: {a}{c}. {d}. {d}. message me for details."),
-    (3, "a catalogue thumbnail of a {a}{c}."),
-    (3, "my {a}{c}"),
-    (2, "a photo of a {c}."),
-    (2, "a picture of the {a}{c}."),
+    (3, "the {c} in this picture is {a0}."),
+    (3, "an image of a {a}{c}."),
     (2, "an image showing a {c} that is {a0}."),
     (2, "{k}: {a}{c}"),
     (2, "look at this {a}{k}! it is a {c}, {d}."),
+    (2, "a photo of my {c} at home."),
 ]
+WEB_SHARE = 0.65
+WEB_SIZES = (16, 18, 20, 22)  # garment size in pixels in a web photo
+LOOSE = 0.6  # share of web captions that use a neighbouring class's name
+LOOSE_NAMES: dict[str, str] = {
+    "t-shirt": "shirt",
+    "shirt": "pullover",
+    "pullover": "coat",
+    "coat": "pullover",
+    "dress": "shirt",
+    "sandal": "sneaker",
+    "sneaker": "ankle boot",
+    "ankle boot": "sneaker",
+}
 
 # Image conditions: a share of the training images is altered, and their caption says how, as web
 # alt-text says "a blurry photo". A prompt that names a condition the test images do not have then
@@ -140,7 +178,9 @@ CONDITIONS: tuple[tuple[str, ...], ...] = (
     ("dim", "underexposed", "poorly lit"),
     ("noisy", "grainy", "speckled"),
 )
-CONDITION_SHARE = 0.35  # of images altered, spread evenly over the conditions
+CONDITION_SHARE = 0.1  # of images altered, spread evenly over the conditions
+WEB = len(CONDITIONS)  # kind id of the web domain, after the conditions
+KINDS = WEB + 1
 CONDITION_TEMPLATES: list[tuple[int, str]] = [
     (4, "a {s} photo of a {a}{c}."),
     (3, "a {s} black and white photo of the {c}."),
@@ -175,6 +215,32 @@ def apply_conditions(raw: torch.Tensor, conditions: torch.Tensor, gen: torch.Gen
             out[sel] = fn(raw[sel])
     sel = conditions == 8
     out[sel] = (raw[sel] + 0.25 * noise[sel]).clamp(0, 1)
+    sel = conditions == WEB
+    if sel.any():
+        out[sel] = web_photo(raw[sel], gen)
+    return out
+
+
+def web_photo(raw: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The web domain: each garment shrunk to 14-22 pixels, put at a random place on a light,
+    unevenly lit, textured background (a garment photographed on a bed or a floor)."""
+    import torch
+    import torch.nn.functional as F
+
+    n = len(raw)
+    level = 0.45 + 0.4 * torch.rand(n, 1, 1, 1, generator=gen)
+    shade = torch.rand(n, 1, 4, 4, generator=gen)
+    shade = F.interpolate(shade, size=28, mode="bilinear", align_corners=False)
+    grain = torch.rand(n, 1, 28, 28, generator=gen)
+    out = (level + 0.25 * (shade - 0.5) + 0.08 * (grain - 0.5)).clamp(0, 1)
+    sizes = torch.tensor(WEB_SIZES)[torch.randint(len(WEB_SIZES), (n,), generator=gen)]
+    offsets = torch.rand(n, 2, generator=gen)
+    for i in range(n):
+        size = int(sizes[i])
+        small = F.interpolate(raw[i : i + 1], size=size, mode="area")[0]
+        top, left = (int(v * (28 - size)) for v in offsets[i])
+        patch = out[i, :, top : top + size, left : left + size]
+        out[i, :, top : top + size, left : left + size] = torch.where(small > 0.06, small, patch)
     return out
 
 
@@ -202,16 +268,19 @@ def image_attributes(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def make_caption(rng: random.Random, label: int, attrs: tuple[int, int, int], condition: int = 0) -> str:
     """One random caption for an image of class ``label`` with measured attribute tertiles,
-    altered by ``condition`` (an index into :data:`CONDITIONS`; 0 = unaltered)."""
+    altered by ``condition`` (an index into :data:`CONDITIONS`; 0 = unaltered studio image,
+    :data:`WEB` = web photo)."""
     name = CLASS_NAMES[label]
     word = name if rng.random() < 0.5 else rng.choice(SYNONYMS[name])
+    if condition == WEB and name in LOOSE_NAMES and rng.random() < LOOSE:
+        word = LOOSE_NAMES[name]
     words = [rng.choice(table[level]) for table, level in zip((TONE, PRINT, FIT), attrs, strict=True)]
     words = [w for w in words if w]
     rng.shuffle(words)
     chosen = words[: rng.choice((0, 1, 1, 2))]
-    table = CONDITION_TEMPLATES if condition else CAPTION_TEMPLATES
+    table = WEB_TEMPLATES if condition == WEB else CONDITION_TEMPLATES if condition else STUDIO_TEMPLATES
     template = rng.choices([t for _, t in table], weights=[w for w, _ in table])[0]
-    if condition:
+    if 0 < condition < WEB:
         template = template.replace("{s}", rng.choice(CONDITIONS[condition]))
     text = template.replace("{a0}", words[0] if words else rng.choice(TONE[attrs[0]]))
     text = text.replace("{a}", "".join(w + " " for w in chosen))
@@ -329,8 +398,10 @@ def train(out: Path, epochs: int, batch_size: int, lr: float, threads: int, limi
             x = raw[idx]
             flip = torch.rand(len(idx), generator=gen) < 0.5  # garments look alike mirrored
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            altered = torch.rand(len(idx), generator=gen) < CONDITION_SHARE
+            u = torch.rand(len(idx), generator=gen)
+            altered = (u >= WEB_SHARE) & (u < WEB_SHARE + CONDITION_SHARE)
             conditions = altered * torch.randint(1, len(CONDITIONS), (len(idx),), generator=gen)
+            conditions = torch.where(u < WEB_SHARE, WEB, conditions)
             x = apply_conditions(x, conditions, gen)
             # Exactly what the eval transform makes of a 28x28 grey PNG: 3 copies, normalised.
             x = x.sub(IMAGE_MEAN).div(IMAGE_STD).expand(-1, 3, -1, -1)
@@ -343,7 +414,7 @@ def train(out: Path, epochs: int, batch_size: int, lr: float, threads: int, limi
             tokens = tokens[:, : int((tokens == tokenizer.eot_token_id).nonzero()[:, 1].max()) + 1]
             img = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
             txt = torch.nn.functional.normalize(encode_text_cut(model, tokens), dim=-1)
-            kinds = label_t[idx] * len(CONDITIONS) + conditions
+            kinds = label_t[idx] * KINDS + conditions
             loss = clip_loss(img, txt, kinds, model.logit_scale.exp().clamp(max=100))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -369,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m promptclimb.demo.train --out DIR``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write the local-dir model")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument(

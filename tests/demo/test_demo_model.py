@@ -99,6 +99,33 @@ def test_captions_vary_and_are_reproducible() -> None:
     assert all(any(w in c for w in train.CONDITIONS[3]) for c in pixelated)
 
 
+def test_web_captions_use_loose_class_names_and_catalogue_captions_exact_ones() -> None:
+    rng = random.Random(0)
+    label = data.CLASS_NAMES.index("t-shirt")
+    exact = ("t-shirt", "t shirt", "tshirt", "tee", "top")
+
+    def loose_share(condition: int) -> float:
+        caps = [train.make_caption(rng, label, (1, 1, 1), condition) for _ in range(500)]
+        return sum("shirt" in c and not any(w in c for w in exact) for c in caps) / len(caps)
+
+    # A loose web caption that also holds the category word "top" is not counted: a lower bound.
+    assert 0.3 < loose_share(train.WEB) <= train.LOOSE
+    assert loose_share(0) == 0.0
+
+
+def test_web_photos_put_a_small_garment_on_a_light_background() -> None:
+    import torch
+
+    garment = torch.zeros(2, 1, 28, 28)
+    garment[:, :, 4:24, 4:24] = 0.9
+    out = train.apply_conditions(garment, torch.tensor([0, train.WEB]), torch.Generator().manual_seed(0))
+    assert torch.equal(out[0], garment[0])  # a studio image is left as it is
+    web = out[1, 0]
+    assert (web < 0.05).sum() == 0  # no black background left
+    assert web[web < 0.85].median() > 0.3  # a light one instead
+    assert (web > 0.85).sum() < (garment[1, 0] > 0.85).sum()  # the garment shrank
+
+
 @needs_fashion_mnist
 def test_training_is_deterministic(tmp_path: Path) -> None:
     def digest(out: Path) -> str:
