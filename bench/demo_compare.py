@@ -352,10 +352,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--restarts", type=int, default=2)
     p.add_argument("--iterations", type=int, default=6)
     p.add_argument("--templates-per-iteration", type=int, default=4)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=0.5, help="as the demo (0.5)")
     p.add_argument("--llm-base-url", help="use this endpoint instead of the local SmolLM2")
     p.add_argument("--llm-model", default="smollm2-135m")
     p.add_argument("--llm-threads", type=int, default=2)
+    p.add_argument("--model-dir", type=Path, default=DEMO_MODEL_DIR, help="a local-dir CLIP (bundled)")
     args = p.parse_args(argv)
 
     state = args.state_dir.resolve()
@@ -379,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ.setdefault("PROMPTCLIMB_OPTIMIZER_MAX_TOKENS", "256")  # as the demo does
         with (state / "logs" / "services.log").open("w") as log:
             services = start_local_services(
-                model=f"local-dir:{DEMO_MODEL_DIR}",
+                model=f"local-dir:{args.model_dir.resolve()}",
                 datasets=[f"fashion-s{seed}={root}" for seed, root in splits.items()],
                 state=state,
                 llm_base_url=base_url,

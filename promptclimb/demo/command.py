@@ -63,7 +63,12 @@ def add_parsers(commands: Any, services: Any) -> None:
     s.add_argument("--templates-per-iteration", type=int, default=4)
     s.add_argument("--best-k", type=int, default=3)
     s.add_argument("--worst-k", type=int, default=3)
-    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument(
+        "--temperature",
+        type=float,
+        default=0.5,
+        help="LLM sampling temperature (0.5: at 1.0 the 135M local model writes mostly noise)",
+    )
     s.add_argument("--pool", default="basic", help="initial pool: basic (5 hand-written) or clip80")
     s.add_argument("--shots", type=int, choices=[1, 16], default=1, help="selection split: 1- or 16-shot")
     s.add_argument("--ensemble-k", type=int, default=3)
