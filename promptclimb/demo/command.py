@@ -205,6 +205,12 @@ def render_summary(summary: DemoSummary, out: IO[str]) -> None:
         f"plot: {summary.plot_png}",
         f"search JSON: {summary.export_json}",
     ]
+    if summary.best_template == summary.plain_template:
+        lines.insert(
+            1,
+            "  (no proposal beat the plain prompt on the selection images; on other few-shot splits "
+            "this search finds +1.5 to +8.9 points, see docs/BENCHMARKS.md 'Demo'; try --shots 16)",
+        )
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
 

@@ -218,3 +218,24 @@ def test_demo_with_the_real_local_llm(tmp_path: Path) -> None:
     assert summary["state"] == "SUCCEEDED"
     assert summary["llm_calls"] >= 2 and summary["prompt_tokens"] > 0  # the real model was asked
     assert row(done.stdout, "best found")[3] == pct(summary["best_evaluation_accuracy"])
+
+
+def test_the_table_says_so_when_the_search_kept_the_plain_prompt() -> None:
+    import io
+
+    from promptclimb.demo.command import PLAIN_TEMPLATE, DemoSummary, render_summary
+
+    def rendered(best: str, best_test: float) -> str:
+        summary = DemoSummary(
+            "searches/x", "SUCCEEDED", "completed", "train", "test", PLAIN_TEMPLATE, 0.7, 0.637,
+            best, 0.8, best_test, [best], best_test, 20, 7000, 1000, 17, 25.0, 33.0, "m", "cached",
+            "x.json", "x.png",
+        )  # fmt: skip
+        out = io.StringIO()
+        render_summary(summary, out)
+        return out.getvalue()
+
+    kept = rendered(PLAIN_TEMPLATE, 0.637)
+    assert "found vs plain: +0.0 points" in kept and "no proposal beat the plain prompt" in kept
+    found = rendered("a grayscale product photo of a {}.", 0.681)
+    assert "found vs plain: +4.4 points" in found and "no proposal beat" not in found
