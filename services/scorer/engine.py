@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from services.scorer import metrics
-from services.scorer.datasets import DatasetError, DatasetSpec, FewShotSet, Split
+from services.scorer.datasets import DatasetError, DatasetSpec, FewShotSet, FileDigests, Split
 from services.scorer.features import load_or_compute
 from services.scorer.settings import ScorerSettings
 from services.scorer.templates import FilledTemplate, TemplateRejected, fill_all
@@ -602,9 +602,11 @@ class ScoringEngine:
             self.datasets[dataset_id] = dataset
         elif dataset.class_names != list(class_names):
             raise DatasetConflict(f"dataset {dataset_id!r} is already registered with other classes")
-        dataset.splits[split] = Split(
-            split, labels_t.tolist(), lambda i: None, lambda: f"features:{dataset_id}:{split}"
-        )
+
+        def fingerprint(_memo: FileDigests | None = None) -> str:
+            return f"features:{dataset_id}:{split}"
+
+        dataset.splits[split] = Split(split, labels_t.tolist(), lambda i: None, fingerprint)
         self._features[(dataset_id, split)] = (feats.to(self.model.device), labels_t.to(self.model.device))
         return dataset
 

@@ -2,7 +2,9 @@
 
 The cache file name is a content hash of the model's identity and weights, its preprocessing
 and precision, and the split's image bytes and labels, so a restart (or another replica sharing
-the folder) reuses features, and any change to weights or images computes them afresh.
+the folder) reuses features, and any change to weights or images computes them afresh. The image
+files' digests are remembered by (path, size, mtime) in ``file-digests.sqlite`` next to the
+features, so a restart reads only the files that are new or were touched.
 """
 
 from __future__ import annotations
@@ -15,16 +17,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from services.scorer.datasets import Split
+from services.scorer.datasets import FileDigests, Split
 
 log = logging.getLogger(__name__)
 
 
-def feature_key(model_fingerprint: str, split: Split) -> str:
-    """The cache key of one split's features under one model."""
+def feature_key(model_fingerprint: str, split: Split, memo: FileDigests | None = None) -> str:
+    """The cache key of one split's features under one model (``memo``: known file digests)."""
     h = hashlib.sha256()
     h.update(model_fingerprint.encode())
-    h.update(split.fingerprint().encode())
+    h.update(split.fingerprint(memo).encode())
     return h.hexdigest()[:32]
 
 
@@ -63,7 +65,9 @@ def load_or_compute(
 
     path: Path | None = None
     if cache_dir is not None:
-        path = Path(cache_dir) / "features" / f"{feature_key(model_fingerprint, split)}.pt"
+        with FileDigests(Path(cache_dir) / "file-digests.sqlite") as memo:
+            key = feature_key(model_fingerprint, split, memo)
+        path = Path(cache_dir) / "features" / f"{key}.pt"
         if path.is_file():
             feats = torch.load(path, map_location="cpu", weights_only=True)
             log.info(

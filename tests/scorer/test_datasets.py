@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.scorer.datasets import DatasetError, coop_fewshot, load_image_folder, parse_dataset_spec
+from services.scorer.datasets import (
+    DatasetError,
+    FileDigests,
+    coop_fewshot,
+    load_image_folder,
+    parse_dataset_spec,
+)
 from tests.support.tiny_clip import make_image_folder
 
 
@@ -26,6 +32,32 @@ def test_image_folder_orders_classes_by_folder_and_names_them(tmp_path: Path) ->
     img = next((root / "train" / "apple").glob("*.png"))
     img.write_bytes(img.read_bytes() + b"\0")
     assert load_image_folder("t", root).splits["train"].fingerprint() != before
+
+
+def test_file_digest_memo_gives_the_same_key_and_reads_only_touched_files(tmp_path: Path) -> None:
+    import os
+
+    root = make_image_folder(tmp_path / "t", classes=["a", "b"], per_split={"train": 3})
+    split = load_image_folder("t", root).splits["train"]
+    memo_file = tmp_path / "cache" / "file-digests.sqlite"
+    with FileDigests(memo_file) as memo:
+        first = split.fingerprint(memo)
+    assert first == split.fingerprint() and memo.read == 6  # the same key as hashing directly
+    with FileDigests(memo_file) as memo:  # a restart: nothing is read again
+        assert split.fingerprint(memo) == first and memo.read == 0
+
+    # New bytes of the same size with the old mtime restored: taken as unchanged (make's rule),
+    # which shows the bytes were not read. Touching the file makes it be read again.
+    img = next((root / "train" / "a").glob("*.png"))
+    stat = img.stat()
+    img.write_bytes(bytes(255 - b for b in img.read_bytes()))
+    os.utime(img, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with FileDigests(memo_file) as memo:
+        assert split.fingerprint(memo) == first and memo.read == 0
+    os.utime(img, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    with FileDigests(memo_file) as memo:
+        changed = split.fingerprint(memo)
+        assert changed != first and changed == split.fingerprint() and memo.read == 1
 
 
 def test_image_folder_errors(tmp_path: Path) -> None:
