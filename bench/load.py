@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 import tempfile
@@ -31,13 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from promptclimb.client import CoordinatorClient
+from services.coordinator.commands import launch_service
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.tiny_clip import make_image_folder, make_tiny_model_dir
 
-_LISTENING = re.compile(r"promptclimb (\w+) listening port=(\d+)(?: metrics_port=(\d+))?")
 SERVICES = ("scorer", "optimizer", "coordinator")
 
 
@@ -57,7 +55,7 @@ class Service:
     """One running service process."""
 
     name: str
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[str]
     port: int
     metrics_port: int | None
     stdout: Path
@@ -182,40 +180,17 @@ class LocalStack:
 
     def _launch(self, name: str, argv: list[str], timeout: float) -> None:
         stdout, stderr = self.workdir / f"{name}.stdout", self.workdir / f"{name}.stderr"
-        with stdout.open("wb") as out, stderr.open("wb") as err:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "promptclimb",
-                    "serve",
-                    name,
-                    "--port",
-                    "0",
-                    "--metrics-port",
-                    "0",
-                    *argv,
-                ],
-                stdout=out,
-                stderr=err,
+        with stdout.open("w") as out, stderr.open("w") as err:
+            started = launch_service(
+                name,
+                ["--port", "0", "--metrics-port", "0", *argv],
+                timeout,
+                err,
+                stdout_log=out,
                 env=self._env(),
-                cwd=Path(__file__).resolve().parents[1],
+                credentials=self._credentials(),
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = _LISTENING.search(stdout.read_text(errors="replace"))
-            if m:
-                service = Service(
-                    name, proc, int(m.group(2)), int(m.group(3)) if m.group(3) else None, stdout, stderr
-                )
-                self.services[name] = service
-                self._wait_serving(service, deadline)
-                return
-            if proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        proc.kill()
-        raise RuntimeError(f"{name} did not start:\n{stderr.read_text(errors='replace')[-3000:]}")
+        self.services[name] = Service(name, started.proc, started.port, started.metrics_port, stdout, stderr)
 
     def _credentials(self) -> grpc.ChannelCredentials | None:
         if not self.tls:
@@ -223,22 +198,6 @@ class LocalStack:
         return grpc.ssl_channel_credentials(
             self.tls.ca.read_bytes(), self.tls.client_key.read_bytes(), self.tls.client_cert.read_bytes()
         )
-
-    def _wait_serving(self, service: Service, deadline: float) -> None:
-        creds = self._credentials()
-        channel = (
-            grpc.secure_channel(service.target, creds) if creds else grpc.insecure_channel(service.target)
-        )
-        with channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline and service.proc.poll() is None:
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
-        raise RuntimeError(f"{service.name} never became SERVING:\n{service.stderr.read_text()[-3000:]}")
 
     def client(self, *, token: str | None = None, timeout: float = 60) -> CoordinatorClient:
         """A coordinator client (TLS and token as the stack was started, unless ``token`` is given)."""

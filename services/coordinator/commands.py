@@ -349,19 +349,44 @@ def _eval(args: argparse.Namespace) -> int:
 # ---- up ----------------------------------------------------------------------------------------
 
 
-def start_service(
-    name: str, argv: list[str], timeout: float, log: IO[str] | None = None
-) -> tuple[subprocess.Popen[str], int]:
-    """Start ``promptclimb serve NAME …`` and wait for its "listening" line and SERVING health.
+@dataclass
+class LocalService:
+    """A ``promptclimb serve NAME`` child process and the ports it announced."""
 
-    ``log`` receives the service's stderr (its logs); None leaves it on ours. The child is in its
-    own session, so a terminal's Ctrl-C reaches only us and we stop the children in order.
+    name: str
+    proc: subprocess.Popen[str]
+    port: int
+    metrics_port: int | None  # None unless started with --metrics-port
+
+    @property
+    def target(self) -> str:
+        """Its gRPC address on loopback."""
+        return f"127.0.0.1:{self.port}"
+
+
+def launch_service(
+    name: str,
+    argv: list[str],
+    timeout: float,
+    log: IO[str] | None = None,
+    *,
+    stdout_log: IO[str] | None = None,
+    env: dict[str, str] | None = None,
+    credentials: Any = None,
+) -> LocalService:
+    """Start ``promptclimb serve NAME …``; wait for its "listening" line and SERVING health.
+
+    ``log`` receives the service's stderr (its logs; None leaves it on ours) and ``stdout_log``
+    a copy of its stdout. ``env`` replaces our environment; ``credentials`` (grpc channel
+    credentials) make the health check use TLS. The child is in its own session, so a terminal's
+    Ctrl-C reaches only us and we stop the children in order; it dies with us on SIGKILL too.
     """
     proc = subprocess.Popen(
         [sys.executable, "-m", "promptclimb", "serve", name, *argv],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
+        env=env,
         start_new_session=True,  # Ctrl-C reaches us, we stop them
         preexec_fn=die_with_parent(),
     )
@@ -372,12 +397,16 @@ def start_service(
             line = proc.stdout.readline()
             if not line:
                 break  # exited
+            if stdout_log is not None:
+                stdout_log.write(line)
+                stdout_log.flush()
             m = _LISTENING.search(line)
             if m and m.group(1) == name:
                 # Keep draining its stdout so a chatty child never blocks on a full pipe.
-                threading.Thread(target=proc.stdout.read, daemon=True).start()
-                _wait_serving(name, int(m.group(2)), proc, deadline - time.monotonic())
-                return proc, int(m.group(2))
+                threading.Thread(target=_drain, args=(proc.stdout, stdout_log), daemon=True).start()
+                service = LocalService(name, proc, int(m.group(2)), int(m.group(3)) if m.group(3) else None)
+                _wait_serving(name, service.port, proc, deadline - time.monotonic(), credentials)
+                return service
         raise RuntimeError(f"{name} did not start (exit code {proc.poll()})")
     except BaseException:
         # Also on Ctrl-C while waiting: the caller never got this process, so it is ours to end.
@@ -386,13 +415,32 @@ def start_service(
         raise
 
 
-def _wait_serving(name: str, port: int, proc: subprocess.Popen[str], timeout: float) -> None:
+def start_service(
+    name: str, argv: list[str], timeout: float, log: IO[str] | None = None
+) -> tuple[subprocess.Popen[str], int]:
+    """:func:`launch_service` for ``up`` and ``reproduce``: the process and its gRPC port."""
+    service = launch_service(name, argv, timeout, log)
+    return service.proc, service.port
+
+
+def _drain(stream: IO[str], copy: IO[str] | None) -> None:
+    for line in stream:
+        if copy is not None:
+            copy.write(line)
+            copy.flush()
+
+
+def _wait_serving(
+    name: str, port: int, proc: subprocess.Popen[str], timeout: float, credentials: Any = None
+) -> None:
     """Poll grpc.health.v1 until the service says SERVING (the scorer loads model and features first)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    target = f"127.0.0.1:{port}"
+    channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline and proc.poll() is None:
             try:

@@ -13,23 +13,21 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 import yaml
 
+from services.coordinator.commands import launch_service
 from tests.deploy.conftest import REPO, load_check_deploy
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.tiny_clip import make_image_folder, make_tiny_model_dir
@@ -57,12 +55,11 @@ KEY_PANELS = (
     "Search outcomes",
     "Iteration duration by phase",
 )
-ANNOUNCE = re.compile(r"promptclimb (\w+) listening port=(\d+) metrics_port=(\d+)")
 
 
 @dataclass
 class Service:
-    """A running ``promptclimb serve NAME`` subprocess and its bound ports."""
+    """A running ``promptclimb serve NAME`` subprocess, its bound ports and its log file."""
 
     name: str
     proc: subprocess.Popen[str]
@@ -89,50 +86,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _read_lines(stream: IO[str], lines: queue.Queue[str]) -> None:
-    for line in stream:
-        lines.put(line)
-
-
 def _start_service(name: str, args: list[str], env: dict[str, str], logs: Path) -> Service:
+    """``up``'s launcher with a metrics port on loopback; the service's logs go to logs/NAME.log."""
     log = logs / f"{name}.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "promptclimb",
-            "serve",
-            name,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            *args,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=log.open("w"),
-        text=True,
-        env=env,
-        cwd=REPO,
-    )
-    assert proc.stdout is not None
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            if proc.poll() is not None:
-                break
-            continue
-        match = ANNOUNCE.search(line)
-        if match:
-            return Service(name, proc, int(match.group(2)), int(match.group(3)), log)
-    proc.kill()
-    raise AssertionError(f"{name} did not announce its ports:\n{log.read_text()[-3000:]}")
+    with log.open("w") as stderr:
+        started = launch_service(
+            name, ["--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", *args], 180, stderr, env=env
+        )
+    assert started.metrics_port is not None
+    return Service(name, started.proc, started.port, started.metrics_port, log)
 
 
 def _wait_serving(port: int, service: str, timeout: float = 180) -> None:
