@@ -13,11 +13,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from promptclimb.client import CoordinatorClient
 from services.coordinator.clients import GrpcProposer, GrpcScorer, RetryPolicy
-from services.coordinator.main import build_server as build_coordinator
 from services.coordinator.runner import SearchRunner
-from services.coordinator.settings import CoordinatorSettings
 from services.coordinator.store import SearchStore
 from tests.coordinator.fakes import FakeOptimizer, FakeScorer, start_optimizer, start_scorer
+from tests.support.coordinator import coordinator_in_process
 
 
 @dataclass
@@ -29,8 +28,6 @@ class Harness:
     runner: SearchRunner
     store: SearchStore
     client: CoordinatorClient
-    port: int
-    db: Path
 
 
 @pytest.fixture
@@ -49,24 +46,13 @@ async def harness(
 ) -> AsyncIterator[Harness]:
     scorer_server, scorer_port = await start_scorer(fake_scorer)
     optimizer_server, optimizer_port = await start_optimizer(fake_optimizer)
-    db = tmp_path / "searches.db"
-    store = SearchStore(str(db))
     retry = RetryPolicy(max_attempts=3, backoff_seconds=0.02, max_backoff_seconds=0.05)
     scorer = GrpcScorer(f"127.0.0.1:{scorer_port}", chunk_size=4, deadline_seconds=5, retry=retry)
     proposer = GrpcProposer(f"127.0.0.1:{optimizer_port}", deadline_seconds=5, retry=retry)
-    runner = SearchRunner(store, scorer, proposer, lease_seconds=3)
-    server = build_coordinator(CoordinatorSettings(port=0), runner)
-    port = await server.start()
-    await runner.start()
-    client = CoordinatorClient(f"127.0.0.1:{port}", timeout=10)
     try:
-        yield Harness(fake_scorer, fake_optimizer, runner, store, client, port, db)
+        async with coordinator_in_process(tmp_path / "searches.db", scorer, proposer, lease_seconds=3) as c:
+            async with CoordinatorClient(f"127.0.0.1:{c.port}", timeout=10) as client:
+                yield Harness(fake_scorer, fake_optimizer, c.runner, c.store, client)
     finally:
-        await client.close()
-        await runner.stop()
-        await server.stop(0)
-        await scorer.close()
-        await proposer.close()
         await scorer_server.stop(0)
         await optimizer_server.stop(0)
-        store.close()

@@ -21,14 +21,11 @@ import pytest
 from promptclimb.api.v1 import coordinator_pb2
 from promptclimb.client import CoordinatorClient
 from services.coordinator.clients import GrpcProposer, GrpcScorer, RetryPolicy
-from services.coordinator.main import build_server as build_coordinator
 from services.coordinator.pools import NAMED_POOLS
-from services.coordinator.runner import SearchRunner
-from services.coordinator.settings import CoordinatorSettings
-from services.coordinator.store import SearchStore
 from services.optimizer.main import build_server
 from services.optimizer.settings import OptimizerSettings
 from tests.coordinator.fakes import FakeScorer, start_scorer
+from tests.support.coordinator import coordinator_in_process
 from tests.support.fake_openai import FakeOpenAI, Reply
 
 POOL = len(NAMED_POOLS["basic"])
@@ -79,27 +76,17 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     optimizer_port = await start_optimizer()
     scorer_server, scorer_port = await start_scorer(FakeScorer())
     db = tmp_path / "searches.db"
-    store = SearchStore(str(db))
     retry = RetryPolicy()  # the production defaults: 6 tries, 0.2 s doubling (a ~6 s window)
     scorer = GrpcScorer(f"127.0.0.1:{scorer_port}", chunk_size=4, deadline_seconds=10, retry=retry)
     proposer = GrpcProposer(f"127.0.0.1:{optimizer_port}", deadline_seconds=10, retry=retry)
-    runner = SearchRunner(store, scorer, proposer, lease_seconds=30)
-    server = build_coordinator(CoordinatorSettings(port=0), runner)
-    port = await server.start()
-    await runner.start()
-    client = CoordinatorClient(f"127.0.0.1:{port}", timeout=30)
     try:
-        yield Stack(llm, client, db, optimizer_port, start_optimizer, stop_optimizer)
+        async with coordinator_in_process(db, scorer, proposer, lease_seconds=30) as c:
+            async with CoordinatorClient(f"127.0.0.1:{c.port}", timeout=30) as client:
+                yield Stack(llm, client, db, optimizer_port, start_optimizer, stop_optimizer)
     finally:
-        await client.close()
-        await runner.stop()
-        await server.stop(0)
-        await scorer.close()
-        await proposer.close()
         await scorer_server.stop(0)
         if "server" in holder:
             await stop_optimizer()
-        store.close()
         llm.stop()
 
 

@@ -20,15 +20,12 @@ from promptclimb.common.errors import retry_delay_of
 from promptclimb.common.server import ServiceServer
 from services.coordinator import metrics as coordinator_metrics
 from services.coordinator.clients import GrpcProposer, GrpcScorer, RetryPolicy
-from services.coordinator.main import build_server as build_coordinator
-from services.coordinator.runner import SearchRunner
-from services.coordinator.settings import CoordinatorSettings
-from services.coordinator.store import SearchStore
 from services.scorer.datasets import parse_dataset_spec
 from services.scorer.engine import ScoringEngine
 from services.scorer.servicer import SERVICE_NAME, register
 from services.scorer.settings import ScorerSettings
 from tests.coordinator.fakes import FakeOptimizer, start_optimizer
+from tests.support.coordinator import coordinator_in_process
 from tests.support.tiny_clip import make_image_folder, make_tiny_model_dir
 
 
@@ -87,28 +84,21 @@ async def test_full_queue_rejects_with_retry_info(busy_scorer: int) -> None:
 
 async def test_coordinator_backs_off_and_the_search_succeeds(busy_scorer: int, tmp_path: Path) -> None:
     optimizer_server, optimizer_port = await start_optimizer(FakeOptimizer())
-    store = SearchStore(str(tmp_path / "s.db"))
     retry = RetryPolicy(max_attempts=30, backoff_seconds=0.05, max_backoff_seconds=0.5)
     # Chunks of 2, four at once: 8 templates in flight against a queue of 4 — rejections guaranteed.
     scorer = GrpcScorer(f"127.0.0.1:{busy_scorer}", chunk_size=2, max_concurrent_chunks=4, retry=retry)
     proposer = GrpcProposer(f"127.0.0.1:{optimizer_port}", retry=retry)
-    runner = SearchRunner(store, scorer, proposer, lease_seconds=30)
-    server = build_coordinator(CoordinatorSettings(port=0), runner)
-    port = await server.start()
-    await runner.start()
     retries = coordinator_metrics.SCORER_RETRIES.labels("RESOURCE_EXHAUSTED")
     before = retries._value.get()
     try:
-        async with CoordinatorClient(f"127.0.0.1:{port}") as client:
+        async with (
+            coordinator_in_process(tmp_path / "s.db", scorer, proposer, lease_seconds=30) as c,
+            CoordinatorClient(f"127.0.0.1:{c.port}") as client,
+        ):
             search = await client.start(dataset="toy", pool="basic", iterations=2, templates_per_iteration=2)
             done = await asyncio.wait_for(client.wait(search.name), 120)
     finally:
-        await runner.stop()
-        await server.stop(0)
-        await scorer.close()
-        await proposer.close()
         await optimizer_server.stop(0)
-        store.close()
     assert coordinator_pb2.SearchState.Name(done.state) == "SEARCH_STATE_SUCCEEDED", done.end_reason
     assert retries._value.get() > before  # it was refused, waited, and tried again
     assert all(t.total == 10 for t in done.history)  # every template scored on the 10 train images

@@ -21,12 +21,10 @@ from promptclimb.common.channels import ClientTLS, open_channel
 from promptclimb.common.server import ServiceServer
 from services.coordinator.clients import GrpcProposer, GrpcScorer, RetryPolicy
 from services.coordinator.export import search_to_dict
-from services.coordinator.main import build_server as build_coordinator
-from services.coordinator.runner import SearchRunner
 from services.coordinator.settings import CoordinatorSettings
-from services.coordinator.store import SearchStore
 from tests.coordinator.fakes import FakeOptimizer, FakeScorer
 from tests.reliability.conftest import Certs
+from tests.support.coordinator import coordinator_in_process
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 TOKEN = "tok-3f9a1c-SECRET-MARKER"
@@ -109,27 +107,17 @@ async def secured(tmp_path: Path, certs: Certs) -> AsyncIterator[int]:
     proposer = GrpcProposer(
         f"localhost:{optimizer_server.port}", deadline_seconds=5, retry=retry, tls=upstream
     )
-    store = SearchStore(str(tmp_path / "s.db"))
-    runner = SearchRunner(store, scorer, proposer, lease_seconds=3)
-    coordinator = build_coordinator(
-        CoordinatorSettings(
-            port=0, tls_cert=certs.server_cert, tls_key=certs.server_key, auth_token=SecretStr(TOKEN)
-        ),
-        runner,
+    settings = CoordinatorSettings(
+        port=0, tls_cert=certs.server_cert, tls_key=certs.server_key, auth_token=SecretStr(TOKEN)
     )
-    port = await coordinator.start()
-    await coordinator.set_ready()
-    await runner.start()
     try:
-        yield port
+        async with coordinator_in_process(
+            tmp_path / "s.db", scorer, proposer, lease_seconds=3, settings=settings
+        ) as coordinator:
+            yield coordinator.port
     finally:
-        await runner.stop()
-        await coordinator.stop(0)
-        await scorer.close()
-        await proposer.close()
         await scorer_server.stop(0)
         await optimizer_server.stop(0)
-        store.close()
 
 
 async def test_token_is_required_and_the_search_runs_over_mtls(secured: int, certs: Certs) -> None:
