@@ -24,12 +24,13 @@ only resets the conversation, which is what keeps a long chat from drifting.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
+
+from promptclimb.common.ranking import rank_key
 
 
 class Strategy(StrEnum):
@@ -135,8 +136,8 @@ class ScoredTemplate:
     loss: float | None = None  # breaks accuracy ties (lower wins); None when not recorded
 
     def rank_key(self) -> tuple[float, float]:
-        """Sort key, best first: higher accuracy, then lower loss (unknown loss ranks last)."""
-        return (-self.accuracy, math.inf if self.loss is None else self.loss)
+        """Sort key, best first: accuracy, then loss (:func:`promptclimb.common.ranking.rank_key`)."""
+        return rank_key(self.accuracy, self.loss)
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ can be read (and changed) in one place; tests pin the exact messages.
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
+from promptclimb.common.ranking import rank_key
 from services.optimizer.domain import ChatMessage, ProposalRequest, ScoredTemplate, StrategyName
 from services.optimizer.parsing import dedupe_key, parse_reply
 
@@ -74,7 +74,7 @@ def ranked(history: list[ScoredTemplate]) -> list[ScoredTemplate]:
 
 
 def _rank(s: ScoredTemplate) -> tuple[float, float]:
-    return (-s.accuracy, math.inf if s.loss is None else s.loss)
+    return rank_key(s.accuracy, s.loss)
 
 
 def best_and_worst(request: ProposalRequest) -> tuple[list[ScoredTemplate], list[ScoredTemplate]]:
