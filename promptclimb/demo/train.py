@@ -222,7 +222,7 @@ def apply_conditions(raw: torch.Tensor, conditions: torch.Tensor, gen: torch.Gen
 
 
 def web_photo(raw: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """The web domain: each garment shrunk to 14-22 pixels, put at a random place on a light,
+    """The web domain: each garment shrunk to 16-22 pixels, put at a random place on a light,
     unevenly lit, textured background (a garment photographed on a bed or a floor)."""
     import torch
     import torch.nn.functional as F
