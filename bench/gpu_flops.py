@@ -40,7 +40,7 @@ def tower_flops(model_name: str, templates: list[str], classes: list[str]) -> tu
 
 def main() -> int:
     """Print TFLOP/s per row."""
-    from services.scorer.bench import _classes, _templates
+    from promptclimb.bench.scorer import _classes, _templates
 
     rows = [json.loads(line) for line in Path(sys.argv[1]).read_text().splitlines() if line.strip()]
     gpu = sys.argv[2] if len(sys.argv) > 2 else ""

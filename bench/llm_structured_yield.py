@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from promptclimb.local_llm import LlamaServer, smollm2_gguf
 from services.optimizer.backend import BackendConfig, ChatBackend
 from services.optimizer.core import Optimizer
-from services.optimizer.domain import ProposalRequest, ScoredTemplate, StrategyName
-from services.optimizer.local_llm import LlamaServer, smollm2_gguf
+from services.optimizer.domain import ProposalRequest, ScoredTemplate, Strategy
 
 HISTORY = [
     ScoredTemplate("a photo of a {}.", 0.62),
@@ -47,7 +47,7 @@ async def measure(
     accepted, rejected, tokens, seconds, structured = [], [], [], [], 0
     try:
         for i in range(calls):
-            strategy = list(StrategyName)[i % 3]  # all three strategies, equally in both modes
+            strategy = list(Strategy)[i % 3]  # all three strategies, equally in both modes
             request = ProposalRequest(
                 strategy=strategy, history=list(HISTORY), num_templates=num_templates, best_k=2, worst_k=2,
                 task_description="photos of clothing items (Fashion-MNIST)",

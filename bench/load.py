@@ -32,9 +32,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import grpc
 
 from promptclimb.client import CoordinatorClient
-from services.coordinator.commands import launch_service
-from tests.support.fake_openai import FakeOpenAI
-from tests.support.tiny_clip import make_image_folder, make_tiny_model_dir
+from promptclimb.local import launch_service
+from promptclimb.testing.fake_openai import FakeOpenAI
+from promptclimb.testing.tiny_clip import make_image_folder, make_tiny_model_dir
 
 SERVICES = ("scorer", "optimizer", "coordinator")
 

@@ -36,8 +36,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.fake_openai import FakeOpenAI  # noqa: E402
-from tests.support.tiny_clip import make_image_folder, make_tiny_model_dir  # noqa: E402
+from promptclimb.testing.fake_openai import FakeOpenAI  # noqa: E402
+from promptclimb.testing.tiny_clip import make_image_folder, make_tiny_model_dir  # noqa: E402
 
 
 def free_port() -> int:

@@ -32,22 +32,14 @@ from google.protobuf import duration_pb2
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from promptclimb.api.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from promptclimb.api.v1 import coordinator_pb2, coordinator_pb2_grpc
 from promptclimb.common.channels import open_channel
+from promptclimb.common.vocabulary import STATE_TO_PROTO, STRATEGY_TO_PROTO, TERMINAL_PROTO_STATES
 
-STRATEGIES = {
-    "conversation": common_pb2.STRATEGY_CONVERSATION,
-    "contrast": common_pb2.STRATEGY_CONTRAST,
-    "trajectory": common_pb2.STRATEGY_TRAJECTORY,
-}
-STATES = {
-    "pending": coordinator_pb2.SEARCH_STATE_PENDING,
-    "running": coordinator_pb2.SEARCH_STATE_RUNNING,
-    "succeeded": coordinator_pb2.SEARCH_STATE_SUCCEEDED,
-    "failed": coordinator_pb2.SEARCH_STATE_FAILED,
-    "cancelled": coordinator_pb2.SEARCH_STATE_CANCELLED,
-}
-TERMINAL = frozenset({STATES["succeeded"], STATES["failed"], STATES["cancelled"]})
+# CLI and client names (lower case) to proto values, from the shared vocabulary.
+STRATEGIES = {s.value: v for s, v in STRATEGY_TO_PROTO.items()}
+STATES = {s.value.lower(): v for s, v in STATE_TO_PROTO.items()}
+TERMINAL = TERMINAL_PROTO_STATES
 
 
 def make_spec(

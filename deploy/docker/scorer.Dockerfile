@@ -19,7 +19,9 @@ COPY pyproject.toml README.md ./
 COPY promptclimb ./promptclimb
 COPY services ./services
 # torch stays the base image's CUDA build (2.14.1+cuXXX satisfies the ==2.14.1 pin).
-RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" torchvision==0.29.1 . \
+# The extra's versions are pinned in pyproject.toml, which hadolint cannot read.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" torchvision==0.29.1 ".[scorer]" \
     && python -c "import promptclimb, open_clip, torch; print(torch.__version__)"
 # A fixed numeric uid so that runAsNonRoot can verify it without reading /etc/passwd.
 RUN groupadd --gid 10001 promptclimb \

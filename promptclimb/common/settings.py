@@ -1,16 +1,19 @@
 """Settings shared by every service: one pydantic-settings class per concern.
 
 Values come from, in rising priority: defaults, environment variables (one prefix per service,
-e.g. ``PROMPTCLIMB_SCORER_PORT``), then command-line flags (passed as keyword arguments).
+e.g. ``PROMPTCLIMB_SCORER_PORT``), then command-line flags. The flags are derived from the
+fields (:func:`add_settings_arguments`), so a new setting is one edit: its field.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import Field
+from pydantic import Field, SecretStr
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,24 +47,54 @@ def with_overrides(cls: type[S], **flags: Any) -> S:
     return cls(**{k: v for k, v in flags.items() if v is not None})
 
 
-def add_server_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags every ``promptclimb serve SERVICE`` takes (the :class:`ServerSettings` fields)."""
-    g = parser.add_argument_group("server")
-    g.add_argument("--host", help="interface to bind (default 127.0.0.1; 0.0.0.0 in a pod)")
-    g.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (printed)")
-    g.add_argument("--metrics-port", type=int, help="Prometheus /metrics port; 0 picks a free one")
-    g.add_argument("--grace-seconds", type=float, help="graceful-stop grace after SIGTERM (10)")
-    g.add_argument("--max-message-bytes", type=int, help="largest gRPC message in or out (16 MiB)")
-    g.add_argument("--tls-cert", type=Path, help="PEM certificate chain; enables TLS")
-    g.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
-    g.add_argument("--tls-client-ca", type=Path, help="PEM CA of client certificates; requires them (mTLS)")
-    g.add_argument("--log-level", help="DEBUG, INFO, WARNING…")
+def flag_of(name: str, info: FieldInfo) -> str:
+    """The command-line flag of a settings field: ``--field-name``, or its ``cli_flag`` override."""
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    return str(extra.get("cli_flag") or "--" + name.replace("_", "-"))
 
 
-def server_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The values of :func:`add_server_arguments`' flags, for :func:`with_overrides`."""
-    names = (
-        "host", "port", "metrics_port", "grace_seconds", "max_message_bytes",
-        "tls_cert", "tls_key", "tls_client_ca", "log_level",
-    )  # fmt: skip
-    return {name: getattr(args, name, None) for name in names}
+def _argument_kwargs(annotation: Any) -> dict[str, Any]:
+    """argparse keywords for a field type: its converter, choices, and repetition for lists."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        annotation, args = args[0], list(get_args(args[0]))
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return {"choices": list(args)}
+    if origin is list:
+        return {"action": "append", **_argument_kwargs(args[0] if args else str)}
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if annotation in (int, float, Path):
+        return {"type": annotation}
+    return {}
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[BaseSettings]) -> None:
+    """One flag per field of ``cls``, its help text from the field's description.
+
+    Every flag defaults to None ("not given"), so :func:`settings_from_args` lets only the flags on
+    the command line override the environment. Secrets get no flag (argv is visible to every user
+    of the machine): they come from the environment or from their ``*_file`` setting.
+    """
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
+    server = parser.add_argument_group("server")
+    service = parser.add_argument_group(cls.__name__.removesuffix("Settings").lower() or "settings")
+    for name, info in cls.model_fields.items():
+        if info.annotation is SecretStr or SecretStr in get_args(info.annotation):
+            continue
+        group = server if name in ServerSettings.model_fields else service
+        default = info.get_default(call_default_factory=True)
+        shown = "" if default in (None, [], "") else f"; default {default}"
+        group.add_argument(
+            flag_of(name, info),
+            dest=name,
+            default=None,
+            help=f"{info.description or name}{shown} (env {prefix}{name.upper()})".replace("%", "%%"),
+            **_argument_kwargs(info.annotation),
+        )
+
+
+def settings_from_args(cls: type[S], args: argparse.Namespace) -> S:
+    """Settings from the flags :func:`add_settings_arguments` added; flags win over environment."""
+    return with_overrides(cls, **{name: getattr(args, name, None) for name in cls.model_fields})

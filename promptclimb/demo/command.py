@@ -353,9 +353,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     from promptclimb.client import STATES
     from promptclimb.demo.data import build_demo_dataset
-    from services.coordinator.commands import LocalServices, start_local_services
-    from services.coordinator.export import export_json, plot_progress
-    from services.optimizer.local_llm import LlamaServer, llama_cpp_installed, smollm2_gguf
+    from promptclimb.export import export_json, plot_progress
+    from promptclimb.local import LocalServices, start_local_services
+    from promptclimb.local_llm import LlamaServer, llama_cpp_installed, smollm2_gguf
 
     started = time.monotonic()
     console = Console(stderr=True)

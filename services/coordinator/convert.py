@@ -7,39 +7,23 @@ from google.protobuf import timestamp_pb2
 
 from promptclimb.api.v1 import common_pb2, coordinator_pb2
 from promptclimb.common.errors import ServiceError
+from promptclimb.common.vocabulary import (
+    DEFAULT_STRATEGY,
+    EVENT_TO_PROTO,
+    PHASE_TO_PROTO,
+    STATE_FROM_PROTO,
+    STATE_TO_PROTO,
+    STRATEGY_FROM_PROTO,
+    STRATEGY_TO_PROTO,
+    LifecycleState,
+    Phase,
+    SearchEvent,
+)
 from services.coordinator.pools import NAMED_POOLS
-from services.coordinator.search import Budget, ScoredTemplate, SearchConfig, Strategy
+from services.coordinator.search import Budget, ScoredTemplate, SearchConfig
 from services.coordinator.store import SearchRecord
 
-_STRATEGY = {
-    common_pb2.STRATEGY_UNSPECIFIED: Strategy.CONTRAST,
-    common_pb2.STRATEGY_CONVERSATION: Strategy.CONVERSATION,
-    common_pb2.STRATEGY_CONTRAST: Strategy.CONTRAST,
-    common_pb2.STRATEGY_TRAJECTORY: Strategy.TRAJECTORY,
-}
-STRATEGY_TO_PROTO = {v: k for k, v in _STRATEGY.items() if k != common_pb2.STRATEGY_UNSPECIFIED}
-STATE_TO_PROTO = {
-    "PENDING": coordinator_pb2.SEARCH_STATE_PENDING,
-    "RUNNING": coordinator_pb2.SEARCH_STATE_RUNNING,
-    "SUCCEEDED": coordinator_pb2.SEARCH_STATE_SUCCEEDED,
-    "FAILED": coordinator_pb2.SEARCH_STATE_FAILED,
-    "CANCELLED": coordinator_pb2.SEARCH_STATE_CANCELLED,
-}
-STATE_FROM_PROTO = {v: k for k, v in STATE_TO_PROTO.items()}
-PHASE_TO_PROTO = {
-    "seeding": coordinator_pb2.SEARCH_PHASE_SEEDING,
-    "proposing": coordinator_pb2.SEARCH_PHASE_PROPOSING,
-    "scoring": coordinator_pb2.SEARCH_PHASE_SCORING,
-    "evaluating": coordinator_pb2.SEARCH_PHASE_EVALUATING,
-    "done": coordinator_pb2.SEARCH_PHASE_DONE,
-}
-EVENT_TO_PROTO = {
-    "snapshot": coordinator_pb2.SEARCH_EVENT_TYPE_SNAPSHOT,
-    "state_changed": coordinator_pb2.SEARCH_EVENT_TYPE_STATE_CHANGED,
-    "phase_changed": coordinator_pb2.SEARCH_EVENT_TYPE_PHASE_CHANGED,
-    "iteration_done": coordinator_pb2.SEARCH_EVENT_TYPE_ITERATION_DONE,
-    "new_best": coordinator_pb2.SEARCH_EVENT_TYPE_NEW_BEST,
-}
+__all__ = ["EVENT_TO_PROTO", "STATE_FROM_PROTO", "STRATEGY_TO_PROTO", "SearchEvent"]
 MAX_TEMPLATE_CHARS = 1000
 NAME_PREFIX = "searches/"
 
@@ -72,7 +56,7 @@ def config_from_spec(spec: coordinator_pb2.SearchSpec) -> SearchConfig:
         bad.append(("spec.templates_per_iteration", "at most 100"))
     if spec.HasField("temperature") and not 0.0 <= spec.temperature <= 2.0:
         bad.append(("spec.temperature", "must be in [0, 2]"))
-    if spec.strategy not in _STRATEGY:
+    if spec.strategy != common_pb2.STRATEGY_UNSPECIFIED and spec.strategy not in STRATEGY_FROM_PROTO:
         bad.append(("spec.strategy", "unknown strategy"))
     b = spec.budget
     for name in ("max_llm_calls", "max_tokens", "max_evaluations"):
@@ -116,7 +100,7 @@ def config_from_spec(spec: coordinator_pb2.SearchSpec) -> SearchConfig:
         dataset=spec.dataset,
         selection_split=spec.selection_split or "train",
         evaluation_split=spec.evaluation_split or "test",
-        strategy=_STRATEGY[spec.strategy],
+        strategy=STRATEGY_FROM_PROTO.get(spec.strategy, DEFAULT_STRATEGY),
         best_k=spec.best_k or 3,
         worst_k=spec.worst_k or 3,
         temperature=spec.temperature if spec.HasField("temperature") else None,
@@ -195,6 +179,11 @@ def _ts(seconds: float | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
+def _phase(value: str) -> coordinator_pb2.SearchPhase:
+    # A phase written by a newer version reads as unspecified rather than failing the whole read.
+    return PHASE_TO_PROTO[Phase(value)] if value in set(Phase) else coordinator_pb2.SEARCH_PHASE_UNSPECIFIED
+
+
 def search_to_proto(r: SearchRecord, *, full: bool) -> coordinator_pb2.Search:
     """A stored search as the API message (history only in the FULL view)."""
     p = r.progress
@@ -202,8 +191,10 @@ def search_to_proto(r: SearchRecord, *, full: bool) -> coordinator_pb2.Search:
         name=NAME_PREFIX + r.id,
         id=r.id,
         spec=spec_from_config(r.config),
-        state=STATE_TO_PROTO[r.state],
-        phase=PHASE_TO_PROTO.get(r.phase, coordinator_pb2.SEARCH_PHASE_UNSPECIFIED),
+        state=STATE_TO_PROTO[LifecycleState(r.state)],
+        phase=PHASE_TO_PROTO[Phase(r.phase)]
+        if r.phase in set(Phase)
+        else coordinator_pb2.SEARCH_PHASE_UNSPECIFIED,
         restart=r.restart,
         iteration=r.iteration,
         end_reason=p.end_reason,
@@ -223,7 +214,7 @@ def search_to_proto(r: SearchRecord, *, full: bool) -> coordinator_pb2.Search:
         ts = _ts(value)
         if ts is not None:
             getattr(s, field).CopyFrom(ts)
-    if r.state == "RUNNING" and r.start_time is not None:
+    if r.state == LifecycleState.RUNNING and r.start_time is not None:
         s.wall_seconds = r.update_time - r.start_time
     else:
         s.wall_seconds = p.wall_seconds

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from promptclimb.common.runner import run_service
-from promptclimb.common.settings import add_server_arguments, server_flags, with_overrides
 from services.coordinator.settings import CoordinatorSettings
 
 if TYPE_CHECKING:
@@ -16,38 +14,8 @@ if TYPE_CHECKING:
 SERVICE_NAME = "promptclimb.api.v1.CoordinatorService"
 
 
-def add_parsers(commands: Any, services: Any) -> None:
-    """Register ``serve coordinator``."""
-    p = services.add_parser("coordinator", help="run the search coordinator (the public API)")
-    add_server_arguments(p)
-    p.add_argument("--scorer", help="scorer target: host:port, a comma list, or dns:///name:port")
-    p.add_argument("--optimizer", help="optimizer target")
-    p.add_argument("--store", help="SQLite file path or SQLAlchemy URL (default promptclimb.db)")
-    p.add_argument("--lease-seconds", type=float, help="search lease (resume delay after a crash)")
-    p.add_argument("--chunk-size", type=int, help="templates per scorer call")
-    p.add_argument("--auth-token-file", help="file holding the bearer token callers must send")
-    p.add_argument("--upstream-tls-ca", help="PEM CA of the scorer/optimizer certificates (TLS to them)")
-    p.add_argument("--upstream-tls-cert", help="client certificate for mTLS to scorer/optimizer")
-    p.add_argument("--upstream-tls-key", help="key of --upstream-tls-cert")
-    p.add_argument("--upstream-tls-server-name", help="name expected in the upstream certificates")
-    p.set_defaults(func=_serve)
-
-
-def _serve(args: argparse.Namespace) -> int:
-    settings = with_overrides(
-        CoordinatorSettings,
-        **server_flags(args),
-        scorer=args.scorer,
-        optimizer=args.optimizer,
-        store=args.store,
-        lease_seconds=args.lease_seconds,
-        chunk_size=args.chunk_size,
-        auth_token_file=args.auth_token_file,
-        upstream_tls_ca=args.upstream_tls_ca,
-        upstream_tls_cert=args.upstream_tls_cert,
-        upstream_tls_key=args.upstream_tls_key,
-        upstream_tls_server_name=args.upstream_tls_server_name,
-    )
+def run(settings: CoordinatorSettings) -> int:
+    """Serve until SIGTERM."""
     return run_service(settings, lambda: serve(settings))
 
 

@@ -27,28 +27,12 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from typing import Any, Protocol
 
 from promptclimb.common.ranking import rank_key
+from promptclimb.common.vocabulary import Phase, Strategy
 
-
-class Strategy(StrEnum):
-    """How the optimizer asks the LLM (see the optimizer service)."""
-
-    CONVERSATION = "conversation"
-    CONTRAST = "contrast"
-    TRAJECTORY = "trajectory"
-
-
-class Phase(StrEnum):
-    """Where a running search is."""
-
-    SEEDING = "seeding"
-    PROPOSING = "proposing"
-    SCORING = "scoring"
-    EVALUATING = "evaluating"
-    DONE = "done"
+__all__ = ["Phase", "Strategy"]  # re-exported: the search's vocabulary is the shared one
 
 
 class SearchFailed(Exception):

@@ -22,6 +22,7 @@ from promptclimb.common.errors import ServiceError, abort, invalid_argument, not
 from services.coordinator.convert import (
     EVENT_TO_PROTO,
     STATE_FROM_PROTO,
+    SearchEvent,
     config_from_spec,
     search_id_of,
     search_to_proto,
@@ -99,7 +100,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             full = _full(request.view)
             async for event, record in watch(self.store, self.runner.broadcaster, search_id, full=full):
                 yield coordinator_pb2.WatchSearchResponse(
-                    event=EVENT_TO_PROTO[event], search=search_to_proto(record, full=full)
+                    event=EVENT_TO_PROTO[SearchEvent(event)], search=search_to_proto(record, full=full)
                 )
         except Exception as err:
             if is_transient(err):

@@ -48,6 +48,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
+from promptclimb.common.vocabulary import LifecycleState
 from services.coordinator.search import (
     IterationSummary,
     Proposal,
@@ -121,7 +122,7 @@ events = Table(
     Column("detail", Text, nullable=False, default=""),
 )
 
-PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
+PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = (s.value for s in LifecycleState)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 

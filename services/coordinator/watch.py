@@ -11,15 +11,10 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from promptclimb.common.vocabulary import SearchEvent
 from services.coordinator.store import SearchRecord, SearchStore
 
-SNAPSHOT, STATE_CHANGED, PHASE_CHANGED, ITERATION_DONE, NEW_BEST = (
-    "snapshot",
-    "state_changed",
-    "phase_changed",
-    "iteration_done",
-    "new_best",
-)
+SNAPSHOT, STATE_CHANGED, PHASE_CHANGED, ITERATION_DONE, NEW_BEST = (e.value for e in SearchEvent)
 
 
 @dataclass(eq=False)  # identity hashing: each watcher is its own set member

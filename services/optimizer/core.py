@@ -11,7 +11,7 @@ from services.optimizer.domain import (
     ChatMessage,
     Proposal,
     ProposalRequest,
-    StrategyName,
+    Strategy,
     Usage,
     validate,
 )
@@ -40,7 +40,7 @@ class Optimizer:
         *,
         default_temperature: float = 1.0,
         max_template_chars: int = DEFAULT_MAX_CHARS,
-        strategies: dict[StrategyName, ProposalStrategy] | None = None,
+        strategies: dict[Strategy, ProposalStrategy] | None = None,
     ) -> None:
         self.backend = backend
         self.default_temperature = default_temperature

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
+from promptclimb.common.vocabulary import Strategy
 from services.optimizer.parsing import RejectedCandidate
 
 # Bounds a request must respect; documented in docs and checked by :func:`validate`.
@@ -15,12 +15,7 @@ MAX_CONVERSATION_MESSAGES = 200
 ROLES = ("system", "user", "assistant")
 
 
-class StrategyName(enum.Enum):
-    """Which meta-prompt protocol asks the LLM for templates."""
-
-    CONVERSATION = "conversation"
-    CONTRAST = "contrast"
-    TRAJECTORY = "trajectory"
+__all__ = ["Strategy"]  # re-exported: the optimizer speaks the shared vocabulary
 
 
 @dataclass(frozen=True)
@@ -44,7 +39,7 @@ class ChatMessage:
 class ProposalRequest:
     """Everything one proposal needs; the optimizer keeps no state between requests."""
 
-    strategy: StrategyName
+    strategy: Strategy
     history: list[ScoredTemplate]
     num_templates: int
     best_k: int
@@ -145,7 +140,7 @@ def validate(request: ProposalRequest) -> None:
     for i, message in enumerate(request.conversation):
         if message.role not in ROLES:
             raise InvalidRequest(f"conversation[{i}].role", f"role must be one of {', '.join(ROLES)}")
-    if request.conversation and request.strategy is StrategyName.CONVERSATION:
+    if request.conversation and request.strategy is Strategy.CONVERSATION:
         if request.conversation[-1].role != "assistant":
             raise InvalidRequest(
                 "conversation",

@@ -8,6 +8,7 @@ import grpc
 
 from promptclimb.api.v1 import common_pb2, optimizer_pb2, optimizer_pb2_grpc
 from promptclimb.common.errors import ServiceError, abort, invalid_argument
+from promptclimb.common.vocabulary import STRATEGY_FROM_PROTO, STRATEGY_TO_PROTO
 from services.optimizer.core import Optimizer
 from services.optimizer.domain import (
     ChatMessage,
@@ -19,25 +20,15 @@ from services.optimizer.domain import (
     Proposal,
     ProposalRequest,
     ScoredTemplate,
-    StrategyName,
 )
-
-_STRATEGIES = {
-    common_pb2.STRATEGY_CONVERSATION: StrategyName.CONVERSATION,
-    common_pb2.STRATEGY_CONTRAST: StrategyName.CONTRAST,
-    common_pb2.STRATEGY_TRAJECTORY: StrategyName.TRAJECTORY,
-}
 
 
 def to_domain(request: optimizer_pb2.ProposePromptsRequest) -> ProposalRequest:
     """The domain request; raises :class:`InvalidRequest` for an unknown strategy."""
-    strategy = _STRATEGIES.get(request.strategy)
+    strategy = STRATEGY_FROM_PROTO.get(request.strategy)
     if strategy is None:
-        raise InvalidRequest(
-            "strategy",
-            "strategy must be STRATEGY_CONVERSATION, STRATEGY_CONTRAST or STRATEGY_TRAJECTORY, "
-            f"got {request.strategy}",
-        )
+        known = ", ".join(common_pb2.Strategy.Name(v) for v in STRATEGY_TO_PROTO.values())
+        raise InvalidRequest("strategy", f"strategy must be one of {known}, got {request.strategy}")
     return ProposalRequest(
         strategy=strategy,
         history=[

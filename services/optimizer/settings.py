@@ -37,7 +37,12 @@ class OptimizerSettings(ServerSettings):
         1.0, ge=0.0, le=2.0, description="Sampling temperature when a request sets none"
     )
     max_tokens: int | None = Field(512, gt=0, description="Cap on completion tokens per call; unset = no cap")
-    timeout_seconds: float = Field(60.0, gt=0, description="Timeout of one HTTP request to the LLM")
+    timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Timeout of one HTTP request to the LLM",
+        json_schema_extra={"cli_flag": "--timeout"},
+    )
     max_retries: int = Field(
         4, ge=0, le=20, description="Retries on 429, 5xx, timeouts and connection errors"
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from promptclimb.common.ranking import rank_key
-from services.optimizer.domain import ChatMessage, ProposalRequest, ScoredTemplate, StrategyName
+from services.optimizer.domain import ChatMessage, ProposalRequest, ScoredTemplate, Strategy
 from services.optimizer.parsing import dedupe_key, parse_reply
 
 # Class names shown as context; more would only lengthen the prompt.
@@ -27,7 +27,7 @@ SYSTEM_PROMPT = (
 class ProposalStrategy(Protocol):
     """Builds the chat messages that ask the LLM for new templates."""
 
-    name: StrategyName
+    name: Strategy
 
     def messages(self, request: ProposalRequest) -> list[ChatMessage]:
         """The full list of messages to send, system message first."""
@@ -107,7 +107,7 @@ def bullet_list(templates: list[ScoredTemplate]) -> list[str]:
 class Contrast:
     """Single turn: the best-k and the worst-k templates, ask for n better ones."""
 
-    name = StrategyName.CONTRAST
+    name = Strategy.CONTRAST
 
     def messages(self, request: ProposalRequest) -> list[ChatMessage]:
         """System message and one user turn with good and bad examples."""
@@ -134,7 +134,7 @@ class Contrast:
 class Trajectory:
     """Single turn: the top ``best_k`` of the history in ascending order of accuracy (OPRO)."""
 
-    name = StrategyName.TRAJECTORY
+    name = Strategy.TRAJECTORY
 
     def messages(self, request: ProposalRequest) -> list[ChatMessage]:
         """System message and one user turn listing templates from worst to best."""
@@ -166,7 +166,7 @@ class Conversation:
     model proposed in its last reply are looked up in the history to report their accuracy.
     """
 
-    name = StrategyName.CONVERSATION
+    name = Strategy.CONVERSATION
 
     def messages(self, request: ProposalRequest) -> list[ChatMessage]:
         """The conversation so far plus the next user turn (the opening one when it is empty)."""
@@ -226,6 +226,4 @@ class Conversation:
         return "\n".join(lines)
 
 
-STRATEGIES: dict[StrategyName, ProposalStrategy] = {
-    s.name: s for s in (Conversation(), Contrast(), Trajectory())
-}
+STRATEGIES: dict[Strategy, ProposalStrategy] = {s.name: s for s in (Conversation(), Contrast(), Trajectory())}

@@ -7,70 +7,25 @@ registered dataset's features are ready.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import sys
-from typing import Any
 
-from promptclimb.common.settings import add_server_arguments
+from services.scorer.settings import ScorerSettings
 
 log = logging.getLogger(__name__)
 
 
-def add_parsers(commands: Any, services: Any) -> None:
-    """Register ``serve scorer``."""
-    p = services.add_parser("scorer", help="score prompt templates with a CLIP model")
-    add_server_arguments(p)
-    p.add_argument("--model", help="open_clip model name, local-dir:PATH or hf-hub:ORG/REPO")
-    p.add_argument("--pretrained", help="open_clip pretrained tag or a weights file")
-    p.add_argument("--device", help="torch device (cpu, cuda, cuda:1)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
-    p.add_argument(
-        "--dataset",
-        action="append",
-        metavar="ID=SOURCE",
-        help="register a dataset (repeatable): ID=PATH (ImageFolder), ID=FILE.npz, "
-        "ID=coop:split_json=FILE,root=DIR,shots=N,seed=S",
-    )
-    p.add_argument("--cache-dir", help="folder for cached image features")
-    p.add_argument("--max-templates-per-request", type=int)
-    p.add_argument("--max-queue-templates", type=int)
-    p.add_argument("--batch-wait-ms", type=float)
-    p.add_argument("--text-cache-size", type=int)
-    p.add_argument("--text-truncation", choices=["auto", "off"])
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``serve scorer``."""
+def run(settings: ScorerSettings) -> int:
+    """Serve until SIGTERM; exit code 1 when the model or a dataset failed to load."""
     from promptclimb.common.runner import run_service
-    from promptclimb.common.settings import server_flags, with_overrides
-    from services.scorer.settings import ScorerSettings
 
-    settings = with_overrides(
-        ScorerSettings,
-        **server_flags(args),
-        model=args.model,
-        pretrained=args.pretrained,
-        device=args.device,
-        precision=args.precision,
-        datasets=args.dataset,
-        cache_dir=args.cache_dir,
-        max_templates_per_request=args.max_templates_per_request,
-        max_queue_templates=args.max_queue_templates,
-        batch_wait_ms=args.batch_wait_ms,
-        text_cache_size=args.text_cache_size,
-        text_truncation=args.text_truncation,
-        threads=args.threads,
-    )
     failed: list[BaseException] = []
     code = run_service(settings, lambda: serve(settings, failed))
     return 1 if failed else code
 
 
-async def serve(settings: Any, failed: list[BaseException] | None = None) -> None:
+async def serve(settings: ScorerSettings, failed: list[BaseException] | None = None) -> None:
     """Run the scorer until SIGTERM; a model or dataset that fails to load ends the process."""
     from promptclimb.common.server import ServiceServer, announce
     from services.scorer import metrics

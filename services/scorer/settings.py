@@ -21,7 +21,12 @@ class ScorerSettings(ServerSettings):
     device: str = Field("cpu", description="torch device, e.g. cpu, cuda, cuda:1")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="model precision")
     cache_dir: Path | None = Field(None, description="folder for cached image features; unset = no cache")
-    datasets: list[str] = Field(default_factory=list, description="dataset specs ID=SOURCE to register")
+    datasets: list[str] = Field(
+        default_factory=list,
+        description="register a dataset (repeatable): ID=PATH (ImageFolder), ID=FILE.npz, "
+        "ID=coop:split_json=FILE,root=DIR,shots=N,seed=S",
+        json_schema_extra={"cli_flag": "--dataset"},
+    )
     max_templates_per_request: int = Field(256, gt=0, description="most templates in one request")
     max_queue_templates: int = Field(4096, gt=0, description="templates waiting before RESOURCE_EXHAUSTED")
     max_batch_templates: int = Field(512, gt=0, description="most templates coalesced into one text pass")

@@ -21,8 +21,8 @@ from promptclimb.api.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb.common.errors import ServiceError, abort, retry_delay_of
 from promptclimb.common.server import ServiceServer
 from promptclimb.common.settings import ServerSettings
+from promptclimb.testing.tiny_clip import make_image_folder, make_tiny_model_dir
 from tests.common.scorer_process import ScorerProcess, start_scorer
-from tests.support.tiny_clip import make_image_folder, make_tiny_model_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

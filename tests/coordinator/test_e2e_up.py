@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.fake_openai import FakeOpenAI
-from tests.support.tiny_clip import make_image_folder, make_tiny_model_dir
+from promptclimb.testing.fake_openai import FakeOpenAI
+from promptclimb.testing.tiny_clip import make_image_folder, make_tiny_model_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 ROOT = Path(__file__).resolve().parents[2]

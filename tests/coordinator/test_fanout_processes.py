@@ -17,10 +17,10 @@ import pytest
 
 from promptclimb.api.v1 import coordinator_pb2 as pb
 from promptclimb.client import CoordinatorClient
+from promptclimb.testing.tiny_clip import make_image_folder, make_tiny_model_dir
 from tests.common.scorer_process import ScorerProcess, start_scorer
 from tests.coordinator.fakes import FakeOptimizer, start_optimizer
 from tests.coordinator.test_durability import serve_coordinator
-from tests.support.tiny_clip import make_image_folder, make_tiny_model_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from promptclimb.demo import data
-from services.optimizer.local_llm import llama_cpp_installed, smollm2_gguf
-from tests.support.fake_openai import FakeOpenAI, Reply
+from promptclimb.local_llm import llama_cpp_installed, smollm2_gguf
+from promptclimb.testing.fake_openai import FakeOpenAI, Reply
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {

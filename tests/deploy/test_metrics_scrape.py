@@ -27,10 +27,10 @@ from typing import Any
 import pytest
 import yaml
 
-from services.coordinator.commands import launch_service
+from promptclimb.local import launch_service
+from promptclimb.testing.fake_openai import FakeOpenAI
+from promptclimb.testing.tiny_clip import make_image_folder, make_tiny_model_dir
 from tests.deploy.conftest import REPO, load_check_deploy
-from tests.support.fake_openai import FakeOpenAI
-from tests.support.tiny_clip import make_image_folder, make_tiny_model_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

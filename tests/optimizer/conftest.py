@@ -12,11 +12,11 @@ import grpc
 import pytest
 
 from promptclimb.api.v1 import common_pb2, optimizer_pb2, optimizer_pb2_grpc
+from promptclimb.testing.fake_openai import FakeOpenAI
 from services.optimizer.backend import BackendConfig, ChatBackend
-from services.optimizer.domain import ProposalRequest, ScoredTemplate, StrategyName
+from services.optimizer.domain import ProposalRequest, ScoredTemplate, Strategy
 from services.optimizer.main import build_server
 from services.optimizer.settings import OptimizerSettings
-from tests.support.fake_openai import FakeOpenAI
 
 # Backoff small enough that a test with four retries takes milliseconds.
 TINY_BACKOFF = {"backoff_initial_seconds": 0.001, "backoff_max_seconds": 0.004}
@@ -30,7 +30,7 @@ HISTORY = [
 ]
 
 
-def make_request(strategy: StrategyName = StrategyName.CONTRAST, **overrides: object) -> ProposalRequest:
+def make_request(strategy: Strategy = Strategy.CONTRAST, **overrides: object) -> ProposalRequest:
     """A fixed request over :data:`HISTORY`."""
     fields: dict[str, object] = {
         "strategy": strategy,

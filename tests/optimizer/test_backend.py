@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from promptclimb.testing.fake_openai import FakeOpenAI, Reply
 from services.optimizer.backend import ChatBackend, Completion
 from services.optimizer.domain import ChatMessage, LLMAuthFailed, LLMRejected, LLMUnavailable
-from tests.support.fake_openai import FakeOpenAI, Reply
 
 MESSAGES = [ChatMessage("system", "s"), ChatMessage("user", "give me templates")]
 OK = '{"templates": ["a photo of a {}."]}'

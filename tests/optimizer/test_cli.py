@@ -12,9 +12,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from promptclimb.api.v1 import optimizer_pb2_grpc
+from promptclimb.testing.fake_openai import FakeOpenAI
 from tests.optimizer.conftest import proto_request
 from tests.optimizer.process import serve_optimizer
-from tests.support.fake_openai import FakeOpenAI
 
 KEY = "sk-from-a-mounted-secret-9f8e7d6c5b4a"
 

@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from promptclimb.api.v1 import common_pb2, optimizer_pb2_grpc
-from services.optimizer.local_llm import LlamaServer, llama_cpp_installed, smollm2_gguf
+from promptclimb.local_llm import LlamaServer, llama_cpp_installed, smollm2_gguf
 from tests.optimizer.conftest import proto_request
 from tests.optimizer.process import serve_optimizer
 

@@ -15,9 +15,9 @@ from prometheus_client import REGISTRY
 
 from promptclimb.api.v1 import common_pb2
 from promptclimb.common.errors import retry_delay_of
+from promptclimb.testing.fake_openai import FakeOpenAI, Reply
 from services.optimizer.main import SERVICE_NAME
 from tests.optimizer.conftest import proto_request
-from tests.support.fake_openai import FakeOpenAI, Reply
 
 Start = Callable[..., Any]
 SECRET = "sk-live-DO-NOT-LEAK-0123456789abcdef"

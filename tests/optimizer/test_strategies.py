@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.optimizer.domain import ChatMessage, StrategyName
+from services.optimizer.domain import ChatMessage, Strategy
 from services.optimizer.strategies import STRATEGIES, SYSTEM_PROMPT
 from tests.optimizer.conftest import HISTORY, make_request
 
@@ -72,18 +72,18 @@ FEEDBACK = (
 
 
 def test_contrast_sends_best_and_worst_in_one_turn() -> None:
-    messages = STRATEGIES[StrategyName.CONTRAST].messages(make_request(StrategyName.CONTRAST))
+    messages = STRATEGIES[Strategy.CONTRAST].messages(make_request(Strategy.CONTRAST))
     assert messages == [ChatMessage("system", SYSTEM_PROMPT), ChatMessage("user", CONTRAST)]
 
 
 def test_trajectory_sends_top_k_in_ascending_order() -> None:
-    request = make_request(StrategyName.TRAJECTORY, best_k=3)
-    messages = STRATEGIES[StrategyName.TRAJECTORY].messages(request)
+    request = make_request(Strategy.TRAJECTORY, best_k=3)
+    messages = STRATEGIES[Strategy.TRAJECTORY].messages(request)
     assert messages == [ChatMessage("system", SYSTEM_PROMPT), ChatMessage("user", TRAJECTORY)]
 
 
 def test_conversation_opens_with_good_and_bad_examples() -> None:
-    messages = STRATEGIES[StrategyName.CONVERSATION].messages(make_request(StrategyName.CONVERSATION))
+    messages = STRATEGIES[Strategy.CONVERSATION].messages(make_request(Strategy.CONVERSATION))
     assert messages == [ChatMessage("system", SYSTEM_PROMPT), ChatMessage("user", OPENING)]
 
 
@@ -99,20 +99,20 @@ def test_conversation_reports_each_proposal_accuracy_back() -> None:
             '"never scored {}"]}',
         ),
     ]
-    request = make_request(StrategyName.CONVERSATION, conversation=so_far)
-    messages = STRATEGIES[StrategyName.CONVERSATION].messages(request)
+    request = make_request(Strategy.CONVERSATION, conversation=so_far)
+    messages = STRATEGIES[Strategy.CONVERSATION].messages(request)
     assert messages == [*so_far, ChatMessage("user", FEEDBACK)]
 
 
 def test_conversation_says_so_when_nothing_could_be_scored() -> None:
     so_far = [ChatMessage("user", OPENING), ChatMessage("assistant", "I like cats.")]
-    request = make_request(StrategyName.CONVERSATION, conversation=so_far)
-    last = STRATEGIES[StrategyName.CONVERSATION].messages(request)[-1].content
+    request = make_request(Strategy.CONVERSATION, conversation=so_far)
+    last = STRATEGIES[Strategy.CONVERSATION].messages(request)[-1].content
     assert last.startswith("None of your last templates could be scored: each needs {} exactly once.\n")
 
 
-@pytest.mark.parametrize("strategy", list(StrategyName))
-def test_worst_k_zero_shows_no_bad_examples(strategy: StrategyName) -> None:
+@pytest.mark.parametrize("strategy", list(Strategy))
+def test_worst_k_zero_shows_no_bad_examples(strategy: Strategy) -> None:
     text = STRATEGIES[strategy].messages(make_request(strategy, worst_k=0))[-1].content
     assert "badly" not in text and "Bad templates" not in text
     assert "38.0%" not in text
@@ -120,7 +120,7 @@ def test_worst_k_zero_shows_no_bad_examples(strategy: StrategyName) -> None:
 
 def test_repeated_history_entries_are_shown_once_with_their_best_score() -> None:
     history = [*HISTORY, type(HISTORY[0])("A close-up photo of the {}.", 0.71)]
-    text = STRATEGIES[StrategyName.CONTRAST].messages(make_request(history=history))[-1].content
+    text = STRATEGIES[Strategy.CONTRAST].messages(make_request(history=history))[-1].content
     assert text.count("close-up") == 1
     assert '"A close-up photo of the {}." (71.0%)' in text
 
@@ -133,6 +133,6 @@ def test_accuracy_ties_are_ranked_by_the_lower_loss_as_the_coordinator_does() ->
         scored("a grey photo of a {}.", 0.9, 0.4),
         scored("a drawing of a {}.", 0.5, 0.1),
     ]
-    text = STRATEGIES[StrategyName.CONTRAST].messages(make_request(history=history))[-1].content
+    text = STRATEGIES[Strategy.CONTRAST].messages(make_request(history=history))[-1].content
     good = text.split("Good templates:\n")[1].split("\n\n")[0]
     assert good.splitlines() == ['- "a grey photo of a {}." (90.0%)', '- "a photo of a {}." (90.0%)']

@@ -20,13 +20,13 @@ import pytest
 
 from promptclimb.api.v1 import coordinator_pb2
 from promptclimb.client import CoordinatorClient
+from promptclimb.testing.fake_openai import FakeOpenAI, Reply
 from services.coordinator.clients import GrpcProposer, GrpcScorer, RetryPolicy
 from services.coordinator.pools import NAMED_POOLS
 from services.optimizer.main import build_server
 from services.optimizer.settings import OptimizerSettings
 from tests.coordinator.fakes import FakeScorer, start_scorer
 from tests.support.coordinator import coordinator_in_process
-from tests.support.fake_openai import FakeOpenAI, Reply
 
 POOL = len(NAMED_POOLS["basic"])
 

@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from promptclimb.api.v1 import common_pb2, optimizer_pb2, optimizer_pb2_grpc
+from promptclimb.testing.fake_openai import FakeOpenAI
 from services.optimizer.main import SERVICE_NAME, build_server
 from services.optimizer.settings import OptimizerSettings
 from tests.reliability.conftest import ErrorLog
@@ -32,7 +33,6 @@ from tests.reliability.hostile import (
     hostile_text,
 )
 from tests.reliability.inproc import SERVING, LoopThread, call, health_status, raw_call
-from tests.support.fake_openai import FakeOpenAI
 
 C = grpc.StatusCode
 PROPOSE = {C.OK, C.INVALID_ARGUMENT, C.UNAVAILABLE, C.FAILED_PRECONDITION, C.RESOURCE_EXHAUSTED}

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from promptclimb.api.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb.common.server import ServiceServer
+from promptclimb.testing.tiny_clip import make_image_folder, make_tiny_model_dir
 from services.scorer.datasets import parse_dataset_spec
 from services.scorer.engine import ScoringEngine
 from services.scorer.servicer import SERVICE_NAME, register
@@ -25,7 +26,6 @@ from services.scorer.settings import ScorerSettings
 from tests.reliability.conftest import ErrorLog
 from tests.reliability.hostile import DOUBLE, HOSTILE, INT32, check_code, hostile_list, hostile_text, mostly
 from tests.reliability.inproc import SERVING, LoopThread, call, health_status, raw_call
-from tests.support.tiny_clip import make_image_folder, make_tiny_model_dir
 
 C = grpc.StatusCode
 # The documented sets (docs/ERRORS.md). RESOURCE_EXHAUSTED also covers an over-size message.

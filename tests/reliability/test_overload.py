@@ -18,6 +18,7 @@ from promptclimb.client import CoordinatorClient
 from promptclimb.common.channels import open_channel
 from promptclimb.common.errors import retry_delay_of
 from promptclimb.common.server import ServiceServer
+from promptclimb.testing.tiny_clip import make_image_folder, make_tiny_model_dir
 from services.coordinator import metrics as coordinator_metrics
 from services.coordinator.clients import GrpcProposer, GrpcScorer, RetryPolicy
 from services.scorer.datasets import parse_dataset_spec
@@ -26,7 +27,6 @@ from services.scorer.servicer import SERVICE_NAME, register
 from services.scorer.settings import ScorerSettings
 from tests.coordinator.fakes import FakeOptimizer, start_optimizer
 from tests.support.coordinator import coordinator_in_process
-from tests.support.tiny_clip import make_image_folder, make_tiny_model_dir
 
 
 @pytest.fixture(scope="module")

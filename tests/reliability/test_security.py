@@ -19,8 +19,8 @@ from promptclimb.api.v1 import coordinator_pb2, coordinator_pb2_grpc, optimizer_
 from promptclimb.client import CoordinatorClient
 from promptclimb.common.channels import ClientTLS, open_channel
 from promptclimb.common.server import ServiceServer
+from promptclimb.export import search_to_dict
 from services.coordinator.clients import GrpcProposer, GrpcScorer, RetryPolicy
-from services.coordinator.export import search_to_dict
 from services.coordinator.settings import CoordinatorSettings
 from tests.coordinator.fakes import FakeOptimizer, FakeScorer
 from tests.reliability.conftest import Certs

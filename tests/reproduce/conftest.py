@@ -8,7 +8,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tests.support.tiny_clip import make_image_folder
+from promptclimb.testing.tiny_clip import make_image_folder
 
 
 def make_coop_dataset(

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from promptclimb.cli import main
+from promptclimb.testing.fake_openai import FakeOpenAI
+from promptclimb.testing.tiny_clip import make_tiny_model_dir
 from tests.reproduce.conftest import make_coop_dataset
-from tests.support.fake_openai import FakeOpenAI
-from tests.support.tiny_clip import make_tiny_model_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.coordinator.reproduce import (
+from promptclimb.reproduce import (
     PROFILES,
     Cell,
     ReproduceError,

@@ -22,10 +22,10 @@ import pytest
 from promptclimb.api.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb.client import CoordinatorClient
 from promptclimb.common.channels import open_channel
-from services.coordinator.reproduce import Endpoints, start_services, stop_services
+from promptclimb.reproduce import Endpoints, start_services, stop_services
+from promptclimb.testing.fake_openai import FakeOpenAI
+from promptclimb.testing.tiny_clip import make_tiny_model_dir
 from tests.reproduce.conftest import make_coop_dataset
-from tests.support.fake_openai import FakeOpenAI
-from tests.support.tiny_clip import make_tiny_model_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[2]

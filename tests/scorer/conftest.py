@@ -11,7 +11,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tests.support.tiny_clip import make_image_folder, make_tiny_model_dir
+from promptclimb.testing.tiny_clip import make_image_folder, make_tiny_model_dir
 
 
 @pytest.fixture(scope="session", autouse=True)

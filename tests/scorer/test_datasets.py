@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from promptclimb.testing.tiny_clip import make_image_folder
 from services.scorer.datasets import (
     DatasetError,
     FileDigests,
@@ -16,7 +17,6 @@ from services.scorer.datasets import (
     load_image_folder,
     parse_dataset_spec,
 )
-from tests.support.tiny_clip import make_image_folder
 
 
 def test_image_folder_orders_classes_by_folder_and_names_them(tmp_path: Path) -> None:

@@ -181,7 +181,7 @@ def test_image_features_are_cached_across_restarts(
     # Other weights: other features, computed afresh.
     caplog.clear()
     other = tmp_path / "other_model"
-    from tests.support.tiny_clip import make_tiny_model_dir
+    from promptclimb.testing.tiny_clip import make_tiny_model_dir
 
     make_tiny_model_dir(other, seed=5)
     make_engine(other, images, tmp_path)

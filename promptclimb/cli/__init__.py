@@ -1,7 +1,7 @@
 """The ``promptclimb`` command: one entry point, a subcommand per task.
 
-Each subcommand lives beside the code it drives and registers itself through an
-``add_parsers(subparsers)`` function; this module only assembles them. Heavy imports (torch)
+Each command module registers its subcommands through an ``add_parsers(commands, services)``
+function; this module only assembles them. Heavy imports (torch)
 happen inside the commands, so ``promptclimb --help`` stays fast.
 """
 
@@ -14,15 +14,13 @@ from collections.abc import Sequence
 
 # Modules that contribute subcommands, in help order.
 COMMAND_MODULES = [
-    "services.scorer.main",  # serve scorer
-    "services.optimizer.main",  # serve optimizer
-    "services.coordinator.main",  # serve coordinator
-    "services.coordinator.commands",  # up, search, eval
-    "services.scorer.bench",  # bench scorer, bench concurrency
-    "services.coordinator.reproduce",  # reproduce
+    "promptclimb.cli.serve",  # serve scorer|optimizer|coordinator
+    "promptclimb.cli.up",  # up
+    "promptclimb.cli.search",  # search, eval
+    "promptclimb.bench.scorer",  # bench scorer, bench concurrency
+    "promptclimb.reproduce",  # reproduce
     "promptclimb.demo.command",  # demo
 ]
-OPTIONAL_COMMAND_MODULES: list[str] = []
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="run one service (scorer, optimizer, coordinator)")
     services = serve.add_subparsers(dest="service", required=True, metavar="SERVICE")
-    for name in COMMAND_MODULES + OPTIONAL_COMMAND_MODULES:
+    for name in COMMAND_MODULES:
         module = importlib.import_module(name)
         module.add_parsers(commands=commands, services=services)
     return parser

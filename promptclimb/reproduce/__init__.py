@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from services.coordinator.commands import start_service, stop_services
+from promptclimb.local import start_service, stop_services
 
 # ---- CoOp's datasets ---------------------------------------------------------------------------
 

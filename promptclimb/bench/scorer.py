@@ -354,7 +354,7 @@ async def bench_concurrency(args: argparse.Namespace) -> dict[int, float]:
     tmp = tempfile.TemporaryDirectory()
     model = args.model
     if model == "tiny":
-        from tests.support.tiny_clip import make_tiny_model_dir
+        from promptclimb.testing.tiny_clip import make_tiny_model_dir
 
         model = f"local-dir:{make_tiny_model_dir(Path(tmp.name))}"
     overrides: dict[str, Any] = {"metrics_port": None}

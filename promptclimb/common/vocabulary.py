@@ -1,0 +1,86 @@
+"""The words every layer shares — strategies, search states, phases, watch events — and their
+protobuf enum values, defined once for the client, the coordinator and the optimizer.
+
+Each enum's string value is what the store persists and what the CLI accepts (lower-cased), so
+renaming a member is a schema change; the proto maps are derived from the members' names.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import cast
+
+from promptclimb.api.v1 import common_pb2, coordinator_pb2
+
+
+class Strategy(StrEnum):
+    """How the optimizer asks the LLM for templates."""
+
+    CONVERSATION = "conversation"  # the paper's multi-turn chat with numeric feedback
+    CONTRAST = "contrast"  # single turn, best-k and worst-k (the released code)
+    TRAJECTORY = "trajectory"  # OPRO-style: the scored history in ascending order
+
+
+class LifecycleState(StrEnum):
+    """Where a search is in its life (google.longrunning style)."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        """True once the search can no longer change."""
+        return self in (LifecycleState.SUCCEEDED, LifecycleState.FAILED, LifecycleState.CANCELLED)
+
+
+class Phase(StrEnum):
+    """Where a running search is within its loop."""
+
+    SEEDING = "seeding"
+    PROPOSING = "proposing"
+    SCORING = "scoring"
+    EVALUATING = "evaluating"
+    DONE = "done"
+
+
+class SearchEvent(StrEnum):
+    """What a WatchSearch message reports."""
+
+    SNAPSHOT = "snapshot"
+    STATE_CHANGED = "state_changed"
+    PHASE_CHANGED = "phase_changed"
+    ITERATION_DONE = "iteration_done"
+    NEW_BEST = "new_best"
+
+
+DEFAULT_STRATEGY = Strategy.CONTRAST
+
+STRATEGY_TO_PROTO: dict[Strategy, common_pb2.Strategy] = {
+    s: cast(common_pb2.Strategy, common_pb2.Strategy.Value(f"STRATEGY_{s.name}")) for s in Strategy
+}
+STRATEGY_FROM_PROTO: dict[int, Strategy] = {v: k for k, v in STRATEGY_TO_PROTO.items()}
+STATE_TO_PROTO: dict[LifecycleState, coordinator_pb2.SearchState] = {
+    s: cast(coordinator_pb2.SearchState, coordinator_pb2.SearchState.Value(f"SEARCH_STATE_{s.name}"))
+    for s in LifecycleState
+}
+STATE_FROM_PROTO: dict[int, LifecycleState] = {v: k for k, v in STATE_TO_PROTO.items()}
+PHASE_TO_PROTO: dict[Phase, coordinator_pb2.SearchPhase] = {
+    p: cast(coordinator_pb2.SearchPhase, coordinator_pb2.SearchPhase.Value(f"SEARCH_PHASE_{p.name}"))
+    for p in Phase
+}
+EVENT_TO_PROTO: dict[SearchEvent, coordinator_pb2.SearchEventType] = {
+    e: cast(
+        coordinator_pb2.SearchEventType, coordinator_pb2.SearchEventType.Value(f"SEARCH_EVENT_TYPE_{e.name}")
+    )
+    for e in SearchEvent
+}
+TERMINAL_PROTO_STATES = frozenset(STATE_TO_PROTO[s] for s in LifecycleState if s.terminal)
+
+
+def state_name(proto_state: int) -> str:
+    """A proto LifecycleState as the CLI prints it (``SUCCEEDED``); unknown values print as numbers."""
+    state = STATE_FROM_PROTO.get(proto_state)
+    return state.value if state else str(proto_state)
