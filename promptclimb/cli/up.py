@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from promptclimb.cli.extras import missing_extra
 from promptclimb.local import LocalServices, start_local_services
 
 
@@ -37,6 +38,9 @@ def add_parsers(commands: Any, services: Any) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
+    if message := missing_extra("scorer"):
+        print(f"promptclimb up: {message}", file=sys.stderr)
+        return 2
     state = Path(args.state_dir).expanduser().resolve()
     state.mkdir(parents=True, exist_ok=True)
     running: LocalServices | None = None
