@@ -48,8 +48,8 @@ def make_spec(
     selection_split: str = "",
     evaluation_split: str = "",
     strategy: str = "contrast",
-    best_k: int = 0,
-    worst_k: int = 0,
+    best_k: int | None = None,
+    worst_k: int | None = None,
     temperature: float | None = None,
     pool: str | None = None,
     templates: list[str] | None = None,
@@ -72,8 +72,8 @@ def make_spec(
         selection_split=selection_split,
         evaluation_split=evaluation_split,
         strategy=STRATEGIES[strategy],
-        best_k=best_k,
-        worst_k=worst_k,
+        best_k=best_k,  # None leaves the field unset: the documented default (3)
+        worst_k=worst_k,  # 0 is a real value: no bad examples shown to the LLM
         restarts=restarts,
         iterations=iterations,
         templates_per_iteration=templates_per_iteration,

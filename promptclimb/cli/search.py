@@ -26,8 +26,10 @@ def add_parsers(commands: Any, services: Any) -> None:
     start.add_argument("--selection-split", default="")
     start.add_argument("--evaluation-split", default="")
     start.add_argument("--strategy", choices=[s.value for s in Strategy], default=DEFAULT_STRATEGY.value)
-    start.add_argument("--best-k", type=int, default=0)
-    start.add_argument("--worst-k", type=int, default=0)
+    start.add_argument("--best-k", type=int, help="best templates shown to the LLM (default 3)")
+    start.add_argument(
+        "--worst-k", type=int, help="worst templates shown to the LLM (default 3; 0 = none, positive-only)"
+    )
     start.add_argument("--temperature", type=float)
     pool = start.add_mutually_exclusive_group()
     pool.add_argument("--pool", help="built-in initial pool: basic, clip80")

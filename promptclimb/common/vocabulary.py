@@ -57,6 +57,11 @@ class SearchEvent(StrEnum):
 
 
 DEFAULT_STRATEGY = Strategy.CONTRAST
+# Defaults of the proposal knobs when a request leaves them unset (the coordinator and the
+# optimizer apply the same ones; explicit 0 for worst_k means "no bad examples").
+DEFAULT_BEST_K = 3
+DEFAULT_WORST_K = 3
+DEFAULT_NUM_TEMPLATES = 1
 
 STRATEGY_TO_PROTO: dict[Strategy, common_pb2.Strategy] = {
     s: cast(common_pb2.Strategy, common_pb2.Strategy.Value(f"STRATEGY_{s.name}")) for s in Strategy

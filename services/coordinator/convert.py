@@ -8,7 +8,9 @@ from google.protobuf import timestamp_pb2
 from promptclimb.api.v1 import common_pb2, coordinator_pb2
 from promptclimb.common.errors import ServiceError
 from promptclimb.common.vocabulary import (
+    DEFAULT_BEST_K,
     DEFAULT_STRATEGY,
+    DEFAULT_WORST_K,
     EVENT_TO_PROTO,
     PHASE_TO_PROTO,
     STATE_FROM_PROTO,
@@ -56,6 +58,17 @@ def config_from_spec(spec: coordinator_pb2.SearchSpec) -> SearchConfig:
         bad.append(("spec.templates_per_iteration", "at most 100"))
     if spec.HasField("temperature") and not 0.0 <= spec.temperature <= 2.0:
         bad.append(("spec.temperature", "must be in [0, 2]"))
+    if spec.HasField("best_k") and spec.best_k == 0:
+        bad.append(("spec.best_k", "must be at least 1 (leave unset for the default)"))
+    selection, evaluation = spec.selection_split or "train", spec.evaluation_split or "test"
+    if selection == evaluation:
+        bad.append(
+            (
+                "spec.evaluation_split",
+                f"must differ from the selection split ({selection!r}): a template "
+                "selected on the images it is evaluated on has no honest evaluation accuracy",
+            )
+        )
     if spec.strategy != common_pb2.STRATEGY_UNSPECIFIED and spec.strategy not in STRATEGY_FROM_PROTO:
         bad.append(("spec.strategy", "unknown strategy"))
     b = spec.budget
@@ -101,8 +114,8 @@ def config_from_spec(spec: coordinator_pb2.SearchSpec) -> SearchConfig:
         selection_split=spec.selection_split or "train",
         evaluation_split=spec.evaluation_split or "test",
         strategy=STRATEGY_FROM_PROTO.get(spec.strategy, DEFAULT_STRATEGY),
-        best_k=spec.best_k or 3,
-        worst_k=spec.worst_k or 3,
+        best_k=spec.best_k if spec.HasField("best_k") else DEFAULT_BEST_K,
+        worst_k=spec.worst_k if spec.HasField("worst_k") else DEFAULT_WORST_K,
         temperature=spec.temperature if spec.HasField("temperature") else None,
         named_pool=named,
         user_templates=user,

@@ -8,7 +8,13 @@ import grpc
 
 from promptclimb.api.v1 import common_pb2, optimizer_pb2, optimizer_pb2_grpc
 from promptclimb.common.errors import ServiceError, abort, invalid_argument
-from promptclimb.common.vocabulary import STRATEGY_FROM_PROTO, STRATEGY_TO_PROTO
+from promptclimb.common.vocabulary import (
+    DEFAULT_BEST_K,
+    DEFAULT_NUM_TEMPLATES,
+    DEFAULT_WORST_K,
+    STRATEGY_FROM_PROTO,
+    STRATEGY_TO_PROTO,
+)
 from services.optimizer.core import Optimizer
 from services.optimizer.domain import (
     ChatMessage,
@@ -35,9 +41,9 @@ def to_domain(request: optimizer_pb2.ProposePromptsRequest) -> ProposalRequest:
             ScoredTemplate(h.template, h.accuracy, h.loss if h.HasField("loss") else None)
             for h in request.history
         ],
-        num_templates=request.num_templates,
-        best_k=request.best_k,
-        worst_k=request.worst_k,
+        num_templates=request.num_templates if request.HasField("num_templates") else DEFAULT_NUM_TEMPLATES,
+        best_k=request.best_k if request.HasField("best_k") else DEFAULT_BEST_K,
+        worst_k=request.worst_k if request.HasField("worst_k") else DEFAULT_WORST_K,
         task_description=request.task_description,
         class_names=list(request.class_names),
         conversation=[ChatMessage(m.role, m.content) for m in request.conversation],

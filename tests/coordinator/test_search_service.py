@@ -204,3 +204,27 @@ async def test_list_pages_and_filters_by_state(harness: Harness) -> None:
     assert [s.name for s in listed] == names[::-1]
     assert len(await harness.client.list(state="succeeded")) == 3
     assert await harness.client.list(state="running") == []
+
+
+async def test_selecting_on_the_evaluation_split_is_refused(harness: Harness) -> None:
+    for spec in (
+        make_spec("toy", selection_split="test", evaluation_split="test"),
+        make_spec("toy", selection_split="test"),  # evaluation defaults to "test"
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await harness.client.start(spec)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        bad = error_details_pb2.BadRequest()
+        rpc_status.from_call(err.value).details[0].Unpack(bad)
+        assert [v.field for v in bad.field_violations] == ["spec.evaluation_split"]
+
+
+async def test_worst_k_zero_reaches_the_optimizer_as_zero(harness: Harness) -> None:
+    search = await harness.client.start(make_spec("toy", worst_k=0, iterations=1, restarts=1))
+    done = await harness.client.wait(search.name)
+    assert done.state == pb.SEARCH_STATE_SUCCEEDED
+    assert done.spec.HasField("worst_k") and done.spec.worst_k == 0
+    assert harness.optimizer.requests, "the optimizer was never asked"
+    assert all(r.HasField("worst_k") and r.worst_k == 0 for r in harness.optimizer.requests)
+    default = await harness.client.start(make_spec("toy", iterations=1, restarts=1))
+    assert (await harness.client.wait(default.name)).spec.worst_k == 3

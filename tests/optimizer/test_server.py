@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
-from promptclimb.api.v1 import common_pb2
+from promptclimb.api.v1 import common_pb2, optimizer_pb2
 from promptclimb.common.errors import retry_delay_of
 from promptclimb.testing.fake_openai import FakeOpenAI, Reply
 from services.optimizer.main import SERVICE_NAME
@@ -217,3 +217,14 @@ async def test_empty_history_asks_for_diverse_starters(
     assert user_turn.startswith("Task: classify photos of clothing items (Fashion-MNIST).")
     assert "Write 3 diverse templates for this task" in user_turn
     assert "Good templates" not in user_turn and "scored well" not in user_turn
+
+
+def test_unset_knobs_get_the_documented_defaults_and_zero_worst_k_stays_zero() -> None:
+    from promptclimb.common.vocabulary import DEFAULT_BEST_K, DEFAULT_NUM_TEMPLATES, DEFAULT_WORST_K
+    from services.optimizer.servicer import to_domain
+
+    unset = to_domain(optimizer_pb2.ProposePromptsRequest(strategy=common_pb2.STRATEGY_CONTRAST))
+    assert (unset.best_k, unset.worst_k, unset.num_templates) == (3, 3, 1)
+    assert (DEFAULT_BEST_K, DEFAULT_WORST_K, DEFAULT_NUM_TEMPLATES) == (3, 3, 1)  # as docs say
+    zero = to_domain(optimizer_pb2.ProposePromptsRequest(strategy=common_pb2.STRATEGY_CONTRAST, worst_k=0))
+    assert zero.worst_k == 0

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from promptclimb.api.v1 import common_pb2 as promptclimb_dot_api_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"promptclimb/api/v1/optimizer.proto\x12\x12promptclimb.api.v1\x1a\x1fpromptclimb/api/v1/common.proto\"\xe0\x02\n\x15ProposePromptsRequest\x12\x18\n\x10task_description\x18\x01 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x02 \x03(\t\x12\x33\n\x07history\x18\x03 \x03(\x0b\x32\".promptclimb.api.v1.ScoredTemplate\x12.\n\x08strategy\x18\x04 \x01(\x0e\x32\x1c.promptclimb.api.v1.Strategy\x12\x0e\n\x06\x62\x65st_k\x18\x05 \x01(\x05\x12\x0f\n\x07worst_k\x18\x06 \x01(\x05\x12\x15\n\rnum_templates\x18\x07 \x01(\x05\x12\x18\n\x0btemperature\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x35\n\x0c\x63onversation\x18\t \x03(\x0b\x32\x1f.promptclimb.api.v1.ChatMessage\x12\x11\n\x04seed\x18\n \x01(\x03H\x01\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x07\n\x05_seed\"1\n\x11RejectedCandidate\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x81\x02\n\x16ProposePromptsResponse\x12\x11\n\ttemplates\x18\x01 \x03(\t\x12\x37\n\x08rejected\x18\x02 \x03(\x0b\x32%.promptclimb.api.v1.RejectedCandidate\x12(\n\x05usage\x18\x03 \x01(\x0b\x32\x19.promptclimb.api.v1.Usage\x12\x35\n\x0c\x63onversation\x18\x04 \x03(\x0b\x32\x1f.promptclimb.api.v1.ChatMessage\x12\r\n\x05model\x18\x05 \x01(\t\x12\x17\n\x0flatency_seconds\x18\x06 \x01(\x01\x12\x12\n\nstructured\x18\x07 \x01(\x08\x32{\n\x10OptimizerService\x12g\n\x0eProposePrompts\x12).promptclimb.api.v1.ProposePromptsRequest\x1a*.promptclimb.api.v1.ProposePromptsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"promptclimb/api/v1/optimizer.proto\x12\x12promptclimb.api.v1\x1a\x1fpromptclimb/api/v1/common.proto\"\x98\x03\n\x15ProposePromptsRequest\x12\x18\n\x10task_description\x18\x01 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x02 \x03(\t\x12\x33\n\x07history\x18\x03 \x03(\x0b\x32\".promptclimb.api.v1.ScoredTemplate\x12.\n\x08strategy\x18\x04 \x01(\x0e\x32\x1c.promptclimb.api.v1.Strategy\x12\x13\n\x06\x62\x65st_k\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x07worst_k\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x1a\n\rnum_templates\x18\x07 \x01(\x05H\x02\x88\x01\x01\x12\x18\n\x0btemperature\x18\x08 \x01(\x01H\x03\x88\x01\x01\x12\x35\n\x0c\x63onversation\x18\t \x03(\x0b\x32\x1f.promptclimb.api.v1.ChatMessage\x12\x11\n\x04seed\x18\n \x01(\x03H\x04\x88\x01\x01\x42\t\n\x07_best_kB\n\n\x08_worst_kB\x10\n\x0e_num_templatesB\x0e\n\x0c_temperatureB\x07\n\x05_seed\"1\n\x11RejectedCandidate\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x81\x02\n\x16ProposePromptsResponse\x12\x11\n\ttemplates\x18\x01 \x03(\t\x12\x37\n\x08rejected\x18\x02 \x03(\x0b\x32%.promptclimb.api.v1.RejectedCandidate\x12(\n\x05usage\x18\x03 \x01(\x0b\x32\x19.promptclimb.api.v1.Usage\x12\x35\n\x0c\x63onversation\x18\x04 \x03(\x0b\x32\x1f.promptclimb.api.v1.ChatMessage\x12\r\n\x05model\x18\x05 \x01(\t\x12\x17\n\x0flatency_seconds\x18\x06 \x01(\x01\x12\x12\n\nstructured\x18\x07 \x01(\x08\x32{\n\x10OptimizerService\x12g\n\x0eProposePrompts\x12).promptclimb.api.v1.ProposePromptsRequest\x1a*.promptclimb.api.v1.ProposePromptsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,11 +33,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'promptclimb.api.v1.optimize
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROPOSEPROMPTSREQUEST']._serialized_start=92
-  _globals['_PROPOSEPROMPTSREQUEST']._serialized_end=444
-  _globals['_REJECTEDCANDIDATE']._serialized_start=446
-  _globals['_REJECTEDCANDIDATE']._serialized_end=495
-  _globals['_PROPOSEPROMPTSRESPONSE']._serialized_start=498
-  _globals['_PROPOSEPROMPTSRESPONSE']._serialized_end=755
-  _globals['_OPTIMIZERSERVICE']._serialized_start=757
-  _globals['_OPTIMIZERSERVICE']._serialized_end=880
+  _globals['_PROPOSEPROMPTSREQUEST']._serialized_end=500
+  _globals['_REJECTEDCANDIDATE']._serialized_start=502
+  _globals['_REJECTEDCANDIDATE']._serialized_end=551
+  _globals['_PROPOSEPROMPTSRESPONSE']._serialized_start=554
+  _globals['_PROPOSEPROMPTSRESPONSE']._serialized_end=811
+  _globals['_OPTIMIZERSERVICE']._serialized_start=813
+  _globals['_OPTIMIZERSERVICE']._serialized_end=936
 # @@protoc_insertion_point(module_scope)
