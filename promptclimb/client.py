@@ -65,6 +65,8 @@ def make_spec(
     task_description: str = "",
     ensemble_k: int = 0,
     display_name: str = "",
+    patience: int = 0,
+    min_delta: float = 0.0,
 ) -> coordinator_pb2.SearchSpec:
     """A ``SearchSpec`` from keyword arguments; 0 / empty leave the server's default."""
     spec = coordinator_pb2.SearchSpec(
@@ -81,6 +83,8 @@ def make_spec(
         task_description=task_description,
         ensemble_k=ensemble_k,
         display_name=display_name,
+        patience=patience,
+        min_delta=min_delta,
         budget=coordinator_pb2.Budget(
             max_llm_calls=max_llm_calls,
             max_tokens=max_tokens,

@@ -45,6 +45,12 @@ def add_parsers(commands: Any, services: Any) -> None:
     start.add_argument("--seed", type=int, default=0)
     start.add_argument("--task-description", default="")
     start.add_argument("--ensemble-k", type=int, default=0)
+    start.add_argument(
+        "--patience", type=int, default=0, help="stop after N iterations without a new best (0 = never)"
+    )
+    start.add_argument(
+        "--min-delta", type=float, default=0.0, help="accuracy gain that counts as a new best (e.g. 0.01)"
+    )
     start.add_argument("--name", dest="display_name", default="")
     start.add_argument("--request-id", help="idempotency key (a retried start returns the same search)")
     start.add_argument("--wait", action="store_true", help="follow the search with a progress bar")
@@ -119,6 +125,8 @@ def _search_start(args: argparse.Namespace) -> int:
         seed=args.seed,
         task_description=args.task_description,
         ensemble_k=args.ensemble_k,
+        patience=args.patience,
+        min_delta=args.min_delta,
         display_name=args.display_name,
     )
 
@@ -229,6 +237,8 @@ def _show(s: Any, args: argparse.Namespace) -> None:
         print(f"best template: {s.best.template}")
         print(f"selection accuracy ({sel}): {s.best.accuracy:.4f}")
     if s.result.best.template:
+        if s.result.partial:
+            print("partial result: the search failed after seeding; this is the best it had found")
         print(f"evaluation accuracy ({ev}): {s.result.best_evaluation_accuracy:.4f}")
         print(
             f"ensemble of {len(s.result.ensemble_templates)} accuracy ({ev}): "

@@ -58,6 +58,10 @@ def config_from_spec(spec: coordinator_pb2.SearchSpec) -> SearchConfig:
         bad.append(("spec.templates_per_iteration", "at most 100"))
     if spec.HasField("temperature") and not 0.0 <= spec.temperature <= 2.0:
         bad.append(("spec.temperature", "must be in [0, 2]"))
+    if spec.patience < 0:
+        bad.append(("spec.patience", "must not be negative"))
+    if not 0.0 <= spec.min_delta < 1.0:
+        bad.append(("spec.min_delta", "must be in [0, 1)"))
     if spec.HasField("best_k") and spec.best_k == 0:
         bad.append(("spec.best_k", "must be at least 1 (leave unset for the default)"))
     selection, evaluation = spec.selection_split or "train", spec.evaluation_split or "test"
@@ -133,6 +137,8 @@ def config_from_spec(spec: coordinator_pb2.SearchSpec) -> SearchConfig:
         task_description=spec.task_description,
         ensemble_k=spec.ensemble_k or 3,
         display_name=spec.display_name,
+        patience=spec.patience,
+        min_delta=spec.min_delta,
     )
 
 
@@ -152,6 +158,8 @@ def spec_from_config(c: SearchConfig) -> coordinator_pb2.SearchSpec:
         task_description=c.task_description,
         ensemble_k=c.ensemble_k,
         display_name=c.display_name,
+        patience=c.patience,
+        min_delta=c.min_delta,
         budget=coordinator_pb2.Budget(
             max_llm_calls=c.budget.max_llm_calls,
             max_tokens=c.budget.max_tokens,
@@ -241,6 +249,7 @@ def search_to_proto(r: SearchRecord, *, full: bool) -> coordinator_pb2.Search:
         s.result.best_evaluation_accuracy = p.result.best_evaluation_accuracy
         s.result.ensemble_templates.extend(p.result.ensemble_templates)
         s.result.ensemble_evaluation_accuracy = p.result.ensemble_evaluation_accuracy
+        s.result.partial = p.result.partial
     for i in p.iterations:
         s.iterations.add(
             restart=i.restart,

@@ -55,6 +55,7 @@ _FIRST_STORE_BACKOFF, _MAX_STORE_BACKOFF = 0.05, 1.0
 
 
 class StoreUnavailable(SearchFailed):
+    salvageable = False  # nothing more can be recorded, not even a partial result
     """The store stayed unreachable for the whole retry window."""
 
     def __init__(self, err: BaseException, window: float) -> None:

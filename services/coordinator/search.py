@@ -36,7 +36,13 @@ __all__ = ["Phase", "Strategy"]  # re-exported: the search's vocabulary is the s
 
 
 class SearchFailed(Exception):
-    """A step could not be completed (after retries); the search ends FAILED with ``code``."""
+    """A step could not be completed (after retries); the search ends FAILED with ``code``.
+
+    ``salvageable``: whether the search may still score its best template on the evaluation split
+    (a partial result) before it ends; not when the store itself is gone.
+    """
+
+    salvageable = True
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -76,6 +82,8 @@ class SearchConfig:
     task_description: str = ""
     ensemble_k: int = 3
     display_name: str = ""
+    patience: int = 0  # stop after this many iterations without a new best; 0 = never
+    min_delta: float = 0.0  # a new best must beat the old one by more than this (accuracy fraction)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (stored with the search)."""
@@ -209,6 +217,7 @@ class SearchResult:
     best_evaluation_accuracy: float
     ensemble_templates: tuple[str, ...]
     ensemble_evaluation_accuracy: float
+    partial: bool = False  # the search failed after seeding; this is the best it had found
 
 
 @dataclass
@@ -304,12 +313,26 @@ class Journal(Protocol):
         ...
 
 
-class BudgetExhausted(Exception):
-    """Raised inside the loop when a budget is reached; the search SUCCEEDS with the reason."""
+class StopSearch(Exception):
+    """Raised inside the loop to end the search early; it SUCCEEDS with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BudgetExhausted(StopSearch):
+    """A budget is reached."""
 
     def __init__(self, which: str) -> None:
-        super().__init__(which)
-        self.reason = f"budget: {which}"
+        super().__init__(f"budget: {which}")
+
+
+class Converged(StopSearch):
+    """``patience`` iterations in a row found no new best (early stopping)."""
+
+    def __init__(self) -> None:
+        super().__init__("converged")
 
 
 # ---- the algorithm -----------------------------------------------------------------------------
@@ -357,17 +380,47 @@ class HillClimb:
     async def run(self) -> SearchState:
         """Seed, climb, evaluate; returns the final state (``result`` and ``end_reason`` set)."""
         self._class_names = await self.scorer.class_names(self.config.dataset)
+        seeded = False
         try:
             await self._seed()
+            seeded = True
             for restart in range(self.config.restarts):
                 conversation: tuple[tuple[str, str], ...] = ()  # a restart resets the chat
                 for iteration in range(1, self.config.iterations + 1):
                     conversation = await self._iterate(restart, iteration, conversation)
+                    if self.converged():
+                        raise Converged()
             self.state.end_reason = "completed"
-        except BudgetExhausted as done:
+        except StopSearch as done:
             self.state.end_reason = done.reason
+        except SearchFailed as failure:
+            if seeded and failure.salvageable and self.state.best is not None:
+                await self._salvage()
+            raise
         await self._evaluate()
         return self.state
+
+    def converged(self) -> bool:
+        """True once ``patience`` iterations in a row raised the best accuracy by no more than ``min_delta``.
+
+        Computed from the iteration summaries alone, so a resumed search stops where it would have.
+        """
+        if self.config.patience <= 0:
+            return False
+        best, since = float("-inf"), 0
+        for summary in self.state.iterations:
+            if summary.best_accuracy > best + self.config.min_delta:
+                best, since = summary.best_accuracy, 0
+            else:
+                since += 1
+        return since >= self.config.patience
+
+    async def _salvage(self) -> None:
+        """After a permanent failure past seeding: score the best so far once, as a partial result."""
+        try:
+            await self._evaluate(partial=True)
+        except SearchFailed:
+            self.state.result = None  # the evaluation split could not be scored either: no result
 
     # -- steps ----------------------------------------------------------------------------------
 
@@ -412,7 +465,7 @@ class HillClimb:
         await self.journal.checkpoint(self.state, "iteration")
         return conversation
 
-    async def _evaluate(self) -> None:
+    async def _evaluate(self, *, partial: bool = False) -> None:
         cfg = self.config
         self.state.phase = Phase.EVALUATING
         await self.journal.checkpoint(self.state, "phase")
@@ -423,7 +476,7 @@ class HillClimb:
         best_eval = scores[0].accuracy if scores else 0.0
         ensemble = tuple(t.template for t in self.state.top(max(1, cfg.ensemble_k)))
         ensemble_acc = await self.scorer.ensemble_accuracy(cfg.dataset, cfg.evaluation_split, ensemble)
-        self.state.result = SearchResult(best, best_eval, ensemble, ensemble_acc)
+        self.state.result = SearchResult(best, best_eval, ensemble, ensemble_acc, partial=partial)
         self.state.phase = Phase.DONE
 
     # -- helpers --------------------------------------------------------------------------------

@@ -174,6 +174,7 @@ class Progress:
                     best_evaluation_accuracy=result["best_evaluation_accuracy"],
                     ensemble_templates=tuple(result["ensemble_templates"]),
                     ensemble_evaluation_accuracy=result["ensemble_evaluation_accuracy"],
+                    partial=result.get("partial", False),
                 )
                 if result
                 else None

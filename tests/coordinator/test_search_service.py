@@ -137,6 +137,17 @@ async def test_optimizer_down_fails_after_retries_keeping_the_scored_pool(harnes
     assert done.error_code == grpc.StatusCode.UNAVAILABLE.value[0]
     assert done.end_reason.startswith("optimizer ProposePrompts: UNAVAILABLE")
     assert len(done.history) == len(NAMED_POOLS["basic"])
+    # It died after seeding: the result is the best seeded template, scored once on test, partial.
+    best = max(NAMED_POOLS["basic"], key=fake_accuracy)
+    assert done.result.partial
+    assert done.result.best.template == best
+    assert done.result.best_evaluation_accuracy == pytest.approx(fake_accuracy(best))
+    assert [k for k in harness.scorer.scored if k[0] == "test"] == [("test", best)]
+    # Dying during seeding (the LLM writes the starting pool) leaves nothing to keep.
+    seeded_by_llm = await harness.client.start(dataset="toy", llm_starters=4)
+    failed = await harness.client.wait(seeded_by_llm.name)
+    assert failed.state == pb.SEARCH_STATE_FAILED
+    assert not failed.HasField("result") or not failed.result.best.template
 
 
 @pytest.mark.parametrize("fake_scorer", [FakeScorer(unavailable_first=2)])
@@ -228,3 +239,25 @@ async def test_worst_k_zero_reaches_the_optimizer_as_zero(harness: Harness) -> N
     assert all(r.HasField("worst_k") and r.worst_k == 0 for r in harness.optimizer.requests)
     default = await harness.client.start(make_spec("toy", iterations=1, restarts=1))
     assert (await harness.client.wait(default.name)).spec.worst_k == 3
+
+
+async def test_patience_stops_a_search_that_no_longer_improves(harness: Harness) -> None:
+    patience = 2
+    search = await harness.client.start(
+        make_spec("toy", iterations=40, restarts=1, templates_per_iteration=1, patience=patience)
+    )
+    done = await harness.client.wait(search.name)
+    assert done.state == pb.SEARCH_STATE_SUCCEEDED
+    # The same rule computed independently over what the fakes produce: the pool, then one
+    # "take N" template per iteration; stop once `patience` iterations in a row bring no new best.
+    best, since, iterations = max(fake_accuracy(t) for t in NAMED_POOLS["basic"]), 0, 0
+    for n in range(1, 41):
+        iterations = n
+        accuracy = fake_accuracy(f"a photo of a {{}} (take {n}).")
+        best, since = (accuracy, 0) if accuracy > best else (best, since + 1)
+        if since >= patience:
+            break
+    assert iterations < 40, "the fakes never plateau: pick another patience"
+    assert done.end_reason == "converged"
+    assert done.iteration == iterations
+    assert done.usage.llm_calls == iterations

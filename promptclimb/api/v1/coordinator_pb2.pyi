@@ -95,7 +95,7 @@ class InitialPool(_message.Message):
     def __init__(self, named_pool: _Optional[str] = ..., templates: _Optional[_Union[TemplateList, _Mapping]] = ..., llm_starters: _Optional[int] = ...) -> None: ...
 
 class SearchSpec(_message.Message):
-    __slots__ = ("dataset", "selection_split", "evaluation_split", "strategy", "best_k", "worst_k", "temperature", "initial_pool", "restarts", "iterations", "templates_per_iteration", "budget", "seed", "task_description", "ensemble_k", "display_name")
+    __slots__ = ("dataset", "selection_split", "evaluation_split", "strategy", "best_k", "worst_k", "temperature", "initial_pool", "restarts", "iterations", "templates_per_iteration", "budget", "seed", "task_description", "ensemble_k", "display_name", "patience", "min_delta")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SELECTION_SPLIT_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_SPLIT_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,8 @@ class SearchSpec(_message.Message):
     TASK_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     ENSEMBLE_K_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    PATIENCE_FIELD_NUMBER: _ClassVar[int]
+    MIN_DELTA_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     selection_split: str
     evaluation_split: str
@@ -128,7 +130,9 @@ class SearchSpec(_message.Message):
     task_description: str
     ensemble_k: int
     display_name: str
-    def __init__(self, dataset: _Optional[str] = ..., selection_split: _Optional[str] = ..., evaluation_split: _Optional[str] = ..., strategy: _Optional[_Union[_common_pb2.Strategy, str]] = ..., best_k: _Optional[int] = ..., worst_k: _Optional[int] = ..., temperature: _Optional[float] = ..., initial_pool: _Optional[_Union[InitialPool, _Mapping]] = ..., restarts: _Optional[int] = ..., iterations: _Optional[int] = ..., templates_per_iteration: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., seed: _Optional[int] = ..., task_description: _Optional[str] = ..., ensemble_k: _Optional[int] = ..., display_name: _Optional[str] = ...) -> None: ...
+    patience: int
+    min_delta: float
+    def __init__(self, dataset: _Optional[str] = ..., selection_split: _Optional[str] = ..., evaluation_split: _Optional[str] = ..., strategy: _Optional[_Union[_common_pb2.Strategy, str]] = ..., best_k: _Optional[int] = ..., worst_k: _Optional[int] = ..., temperature: _Optional[float] = ..., initial_pool: _Optional[_Union[InitialPool, _Mapping]] = ..., restarts: _Optional[int] = ..., iterations: _Optional[int] = ..., templates_per_iteration: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., seed: _Optional[int] = ..., task_description: _Optional[str] = ..., ensemble_k: _Optional[int] = ..., display_name: _Optional[str] = ..., patience: _Optional[int] = ..., min_delta: _Optional[float] = ...) -> None: ...
 
 class IterationSummary(_message.Message):
     __slots__ = ("restart", "iteration", "best_accuracy", "mean_accuracy", "num_templates", "propose_seconds", "score_seconds")
@@ -149,16 +153,18 @@ class IterationSummary(_message.Message):
     def __init__(self, restart: _Optional[int] = ..., iteration: _Optional[int] = ..., best_accuracy: _Optional[float] = ..., mean_accuracy: _Optional[float] = ..., num_templates: _Optional[int] = ..., propose_seconds: _Optional[float] = ..., score_seconds: _Optional[float] = ...) -> None: ...
 
 class SearchResult(_message.Message):
-    __slots__ = ("best", "best_evaluation_accuracy", "ensemble_templates", "ensemble_evaluation_accuracy")
+    __slots__ = ("best", "best_evaluation_accuracy", "ensemble_templates", "ensemble_evaluation_accuracy", "partial")
     BEST_FIELD_NUMBER: _ClassVar[int]
     BEST_EVALUATION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     ENSEMBLE_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     ENSEMBLE_EVALUATION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
     best: _common_pb2.ScoredTemplate
     best_evaluation_accuracy: float
     ensemble_templates: _containers.RepeatedScalarFieldContainer[str]
     ensemble_evaluation_accuracy: float
-    def __init__(self, best: _Optional[_Union[_common_pb2.ScoredTemplate, _Mapping]] = ..., best_evaluation_accuracy: _Optional[float] = ..., ensemble_templates: _Optional[_Iterable[str]] = ..., ensemble_evaluation_accuracy: _Optional[float] = ...) -> None: ...
+    partial: bool
+    def __init__(self, best: _Optional[_Union[_common_pb2.ScoredTemplate, _Mapping]] = ..., best_evaluation_accuracy: _Optional[float] = ..., ensemble_templates: _Optional[_Iterable[str]] = ..., ensemble_evaluation_accuracy: _Optional[float] = ..., partial: _Optional[bool] = ...) -> None: ...
 
 class Search(_message.Message):
     __slots__ = ("name", "id", "spec", "state", "phase", "restart", "iteration", "create_time", "update_time", "end_time", "best", "result", "history", "iterations", "usage", "wall_seconds", "end_reason", "error_code", "request_id")
