@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import sys
@@ -17,6 +16,7 @@ from promptclimb.client import CoordinatorClient
 from services.coordinator.store import SearchStore
 from tests.coordinator.conftest import Harness
 from tests.coordinator.fakes import FakeOptimizer, FakeScorer, start_optimizer, start_scorer
+from tests.support.processes import test_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +26,7 @@ async def serve_coordinator(
     scorer: str, optimizer: str, store: Path, log: Path
 ) -> tuple[asyncio.subprocess.Process, int]:
     """Start `promptclimb serve coordinator` and read its port from the announce line."""
-    env = {**os.environ, "PROMPTCLIMB_COORDINATOR_LOG_JSON": "true", "PYTHONPATH": str(ROOT)}
+    env = test_env(PROMPTCLIMB_COORDINATOR_LOG_JSON="true")
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import signal
 import subprocess
@@ -16,16 +15,11 @@ import pytest
 
 from promptclimb.testing.fake_openai import FakeOpenAI
 from promptclimb.testing.tiny_clip import make_image_folder, make_tiny_model_dir
+from tests.support.processes import test_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "PYTHONPATH": str(ROOT),
-    "OMP_NUM_THREADS": "1",
-    "PROMPTCLIMB_SCORER_THREADS": "1",
-}
+ENV = test_env()
 
 
 def cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

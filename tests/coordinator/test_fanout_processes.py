@@ -18,14 +18,14 @@ import pytest
 from promptclimb.api.v1 import coordinator_pb2 as pb
 from promptclimb.client import CoordinatorClient
 from promptclimb.testing.tiny_clip import make_image_folder, make_tiny_model_dir
-from tests.common.scorer_process import ScorerProcess, start_scorer
 from tests.coordinator.fakes import FakeOptimizer, start_optimizer
 from tests.coordinator.test_durability import serve_coordinator
+from tests.support.processes import ServedProcess, serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
-def evaluate_calls(scorer: ScorerProcess) -> float:
+def evaluate_calls(scorer: ServedProcess) -> float:
     """EvaluatePrompts calls this scorer answered OK, from its own /metrics."""
     text = (
         urllib.request.urlopen(f"http://127.0.0.1:{scorer.metrics_port}/metrics", timeout=5).read().decode()
@@ -37,13 +37,13 @@ def evaluate_calls(scorer: ScorerProcess) -> float:
 
 
 @pytest.fixture
-def two_real_scorers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ScorerProcess]]:
+def two_real_scorers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServedProcess]]:
     root = tmp_path_factory.mktemp("fanout")
     model = make_tiny_model_dir(root / "model")
     images = make_image_folder(root / "images")
     scorers = [
-        start_scorer(
-            [f"--model=local-dir:{model}", f"--dataset=toy={images}", f"--cache-dir={root / 'cache'}"]
+        serve(
+            "scorer", f"--model=local-dir:{model}", f"--dataset=toy={images}", f"--cache-dir={root / 'cache'}"
         )
         for _ in range(2)
     ]
@@ -57,7 +57,7 @@ def two_real_scorers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[
 
 
 async def test_two_scorer_processes_share_load_and_a_killed_one_costs_a_retry(
-    two_real_scorers: list[ScorerProcess], tmp_path: Path
+    two_real_scorers: list[ServedProcess], tmp_path: Path
 ) -> None:
     first, second = two_real_scorers
     optimizer = FakeOptimizer(delay=0.05)

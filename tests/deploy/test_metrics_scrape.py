@@ -31,6 +31,7 @@ from promptclimb.local import launch_service
 from promptclimb.testing.fake_openai import FakeOpenAI
 from promptclimb.testing.tiny_clip import make_image_folder, make_tiny_model_dir
 from tests.deploy.conftest import REPO, load_check_deploy
+from tests.support.processes import test_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -170,13 +171,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stack")
     model = make_tiny_model_dir(root / "model")
     images = make_image_folder(root / "images", per_split={"train": 2, "test": 2})
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "OPENAI_API_KEY": "sk-test",
-        "OMP_NUM_THREADS": "1",
-        "PROMPTCLIMB_SCORER_THREADS": "1",
-    }
+    env = test_env(OPENAI_API_KEY="sk-test")
     counter = iter(range(10_000))
 
     def reply(_body: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from promptclimb.api.v1 import optimizer_pb2_grpc
 from promptclimb.testing.fake_openai import FakeOpenAI
 from tests.optimizer.conftest import proto_request
-from tests.optimizer.process import serve_optimizer
+from tests.support.processes import serve
 
 KEY = "sk-from-a-mounted-secret-9f8e7d6c5b4a"
 
@@ -24,7 +24,8 @@ def test_serves_with_the_key_from_a_file_and_stops_cleanly(fake: FakeOpenAI, tmp
     fake.default = lambda _body: json.dumps({"templates": ["a photo of a {class}, from the CLI."]})
     key_file = tmp_path / "api-key"
     key_file.write_text(KEY + "\n")
-    served = serve_optimizer(
+    served = serve(
+        "optimizer",
         "--llm-base-url", fake.base_url, "--llm-model", "fake-model", "--llm-api-key-file", str(key_file),
         env={"OPENAI_API_KEY": "sk-stale-env-key-should-lose", "PROMPTCLIMB_OPTIMIZER_LOG_LEVEL": "DEBUG"},
     )  # fmt: skip
@@ -42,7 +43,8 @@ def test_serves_with_the_key_from_a_file_and_stops_cleanly(fake: FakeOpenAI, tmp
         assert 'promptclimb_optimizer_proposals_total{outcome="accepted",reason="none"} 1.0' in metrics
         assert KEY not in metrics
     finally:
-        code, stderr = served.stop()
+        code = served.stop()
+    stderr = served.log()
     assert code == 0
     assert '"msg": "shutting down"' in stderr
     assert KEY not in stderr

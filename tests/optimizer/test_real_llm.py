@@ -18,7 +18,7 @@ import pytest
 from promptclimb.api.v1 import common_pb2, optimizer_pb2_grpc
 from promptclimb.local_llm import LlamaServer, llama_cpp_installed, smollm2_gguf
 from tests.optimizer.conftest import proto_request
-from tests.optimizer.process import serve_optimizer
+from tests.support.processes import serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.llm]
 
@@ -77,8 +77,8 @@ async def test_each_strategy_through_grpc_against_the_real_model(
 
 def test_cli_serves_the_real_model(llama: LlamaServer) -> None:
     """`promptclimb serve optimizer --llm-base-url URL --llm-model NAME`, as the issue asks."""
-    served = serve_optimizer(
-        "--llm-base-url", llama.base_url, "--llm-model", "smollm2-135m", "--timeout", "120"
+    served = serve(
+        "optimizer", "--llm-base-url", llama.base_url, "--llm-model", "smollm2-135m", "--timeout", "120"
     )
     try:
         with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
@@ -87,5 +87,5 @@ def test_cli_serves_the_real_model(llama: LlamaServer) -> None:
         assert response.usage.completion_tokens > 0
         assert len(response.templates) + len(response.rejected) >= 1
     finally:
-        code, _stderr = served.stop()
+        code = served.stop()
     assert code == 0

@@ -141,12 +141,7 @@ def test_accuracy_ties_are_ranked_by_the_lower_loss_as_the_coordinator_does() ->
 def test_positive_only_contrast_differs_from_the_default_by_exactly_the_bad_block() -> None:
     # The paper's ablation: positive-only (worst_k = 0) against positive-and-negative examples.
     positive_only = STRATEGIES[Strategy.CONTRAST].messages(make_request(worst_k=0))
-    bad_block = (
-        "\n"
-        "Bad templates:\n"
-        '- "a drawing of a {}." (41.0%)\n'
-        '- "a blurry photo of a {}." (38.0%)\n'
-    )
+    bad_block = '\nBad templates:\n- "a drawing of a {}." (41.0%)\n- "a blurry photo of a {}." (38.0%)\n'
     assert positive_only == [
         ChatMessage("system", SYSTEM_PROMPT),
         ChatMessage("user", CONTRAST.replace(bad_block, "")),

@@ -13,8 +13,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from grpc_status import rpc_status
 
 from promptclimb.api.v1 import scorer_pb2, scorer_pb2_grpc
-from tests.common.scorer_process import ScorerProcess, start_scorer
 from tests.scorer.conftest import TEMPLATES, paper_ensemble_correct, paper_scores
+from tests.support.processes import ServedProcess, serve
 
 SERVICE = "promptclimb.api.v1.ScorerService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -23,19 +23,12 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 @pytest.fixture(scope="module")
 def scorer(
     tiny_model: Path, images: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ScorerProcess]:
+) -> Iterator[ServedProcess]:
     cache = tmp_path_factory.mktemp("cache")
-    proc = start_scorer(
-        [
-            "--model",
-            f"local-dir:{tiny_model}",
-            "--dataset",
-            f"demo={images}",
-            "--cache-dir",
-            str(cache),
-            "--max-templates-per-request",
-            "16",
-        ]
+    proc = serve(
+        "scorer",
+        *("--model", f"local-dir:{tiny_model}", "--dataset", f"demo={images}"),
+        *("--cache-dir", str(cache), "--max-templates-per-request", "16"),
     )
     try:
         proc.wait_serving()
@@ -45,7 +38,7 @@ def scorer(
 
 
 @pytest.fixture(scope="module")
-def stub(scorer: ScorerProcess) -> Iterator[scorer_pb2_grpc.ScorerServiceStub]:
+def stub(scorer: ServedProcess) -> Iterator[scorer_pb2_grpc.ScorerServiceStub]:
     with grpc.insecure_channel(scorer.target) as channel:
         yield scorer_pb2_grpc.ScorerServiceStub(channel)
 
@@ -59,12 +52,12 @@ def evaluate(
     return stub.EvaluatePrompts(request, timeout=30)
 
 
-def still_serving(scorer: ScorerProcess, stub: scorer_pb2_grpc.ScorerServiceStub) -> None:
+def still_serving(scorer: ServedProcess, stub: scorer_pb2_grpc.ScorerServiceStub) -> None:
     assert scorer.health() == SERVING
     assert evaluate(stub, ["a photo of a {}."]).scores[0].total == 20
 
 
-def test_health_and_reflection(scorer: ScorerProcess) -> None:
+def test_health_and_reflection(scorer: ServedProcess) -> None:
     assert scorer.health("") == SERVING
     assert scorer.health(SERVICE) == SERVING
     with grpc.insecure_channel(scorer.target) as channel:
@@ -115,7 +108,7 @@ def test_ensemble_equals_an_independent_computation(
     ],
 )
 def test_bad_template_gets_its_own_error(
-    scorer: ScorerProcess, stub: scorer_pb2_grpc.ScorerServiceStub, template: str, message: str
+    scorer: ServedProcess, stub: scorer_pb2_grpc.ScorerServiceStub, template: str, message: str
 ) -> None:
     response = evaluate(stub, ["a photo of a {}.", template])
     good, bad = response.scores
@@ -163,7 +156,7 @@ def status_of(call: pytest.ExceptionInfo[grpc.RpcError]) -> tuple[grpc.StatusCod
     ],
 )
 def test_bad_requests_get_their_status(
-    scorer: ScorerProcess,
+    scorer: ServedProcess,
     stub: scorer_pb2_grpc.ScorerServiceStub,
     dataset: str,
     split: str,
