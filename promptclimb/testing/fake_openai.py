@@ -88,6 +88,10 @@ class FakeOpenAI:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
+                if not self.path.rstrip("/").endswith("/chat/completions"):
+                    # As OpenAI answers unknown paths (a llama.cpp tokenizer probe, for one).
+                    self._send(404, b'{"error": {"message": "not found"}}')
+                    return
                 if fake.api_key is not None and self.headers.get("Authorization") != f"Bearer {fake.api_key}":
                     self._send(
                         401,

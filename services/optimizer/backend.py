@@ -32,7 +32,8 @@ from typing import Any
 import openai
 
 from services.optimizer import metrics
-from services.optimizer.domain import ChatMessage, LLMAuthFailed, LLMRejected, LLMUnavailable
+from services.optimizer.context import context_from_server, is_context_rejection, parse_context_rejection
+from services.optimizer.domain import ChatMessage, ContextTooLong, LLMAuthFailed, LLMRejected, LLMUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,9 @@ class ChatBackend:
             max_retries=0,  # retries are ours: see the module docstring
         )
         self.cache = ResponseCache(config.cache_dir) if config.cache_dir else None
+        # Side requests (tokenizer, props): short timeout, no retries, never on the hot path twice.
+        self._quick = self.client.with_options(timeout=min(10.0, config.timeout_seconds), max_retries=0)
+        self._tokenizer: str | None = None  # "extras", "llama.cpp", "none" once known
         # Dialects still worth trying, best first; auto mode drops those the backend refused.
         mode = config.structured_output
         self._formats: list[str] = (
@@ -209,6 +213,50 @@ class ChatBackend:
             return True
         except openai.OpenAIError:
             return False
+
+    async def tokenize_count(self, text: str) -> int | None:
+        """Tokens of ``text`` by the endpoint's own tokenizer, or None where it offers none.
+
+        llama-cpp-python serves ``/extras/tokenize/count``, llama.cpp's C++ server ``/tokenize``;
+        the first that answers is remembered, and an endpoint with neither is asked only once.
+        """
+        if self._tokenizer == "none":
+            return None
+        root = self.endpoint.rstrip("/").removesuffix("/v1")
+        paths = [self._tokenizer] if self._tokenizer else ["extras", "llama.cpp"]
+        for kind in paths:
+            try:
+                if kind == "extras":
+                    reply = await self._quick.post(
+                        f"{root}/extras/tokenize/count", body={"input": text}, cast_to=object
+                    )
+                    count = reply.get("count") if isinstance(reply, dict) else None
+                else:
+                    reply = await self._quick.post(f"{root}/tokenize", body={"content": text}, cast_to=object)
+                    tokens = reply.get("tokens") if isinstance(reply, dict) else None
+                    count = len(tokens) if isinstance(tokens, list) else None
+            except openai.OpenAIError:
+                count = None
+            if isinstance(count, int):
+                self._tokenizer = kind
+                return count
+        if self._tokenizer is None:
+            self._tokenizer = "none"
+            log.info(
+                "LLM endpoint has no tokenizer endpoint; estimating tokens", extra={"endpoint": self.endpoint}
+            )
+        return None
+
+    async def server_context(self) -> int | None:
+        """The context length the server reports (llama.cpp ``/props``, vLLM ``/models``), or None."""
+        root = self.endpoint.rstrip("/").removesuffix("/v1")
+        answers: list[Any] = []
+        for url in (f"{root}/props", "/models"):
+            try:
+                answers.append(await self._quick.get(url, cast_to=object))
+            except openai.OpenAIError:
+                answers.append(None)
+        return context_from_server(*answers)
 
     async def complete(
         self, messages: list[ChatMessage], *, temperature: float, n_templates: int, seed: int | None
@@ -319,6 +367,15 @@ class ChatBackend:
                 status = exc.status_code
                 outcome = "rate_limited" if status == 429 else "error"
                 metrics.record_attempt(model, outcome, time.perf_counter() - start)
+                if status == 400 and is_context_rejection(_error_code(exc), _error_message(exc)):
+                    limit, requested, prompt = parse_context_rejection(_error_message(exc))
+                    raise ContextTooLong(
+                        f"the LLM endpoint {self.endpoint} refused the request's length: "
+                        f"{redact(_error_message(exc), self.config.api_key)}",
+                        limit=limit,
+                        requested=requested,
+                        prompt=prompt,
+                    ) from None
                 if response_format is not None and _refuses_format(exc):
                     raise _FormatRefused(status) from None
                 if status == 429 and _error_code(exc) == "insufficient_quota":

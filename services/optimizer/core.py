@@ -7,8 +7,10 @@ from typing import Protocol
 
 from services.optimizer import metrics
 from services.optimizer.backend import Completion
+from services.optimizer.context import ContextWindow, TokenCounter, fit_messages
 from services.optimizer.domain import (
     ChatMessage,
+    ContextTooLong,
     Proposal,
     ProposalRequest,
     Strategy,
@@ -19,6 +21,9 @@ from services.optimizer.parsing import DEFAULT_MAX_CHARS, parse_reply
 from services.optimizer.strategies import STRATEGIES, ProposalStrategy
 
 log = logging.getLogger(__name__)
+
+# Tries after a context-length rejection, each with a request shrunk to what the endpoint said.
+MAX_CONTEXT_RETRIES = 3
 
 
 class CompletionBackend(Protocol):
@@ -41,11 +46,16 @@ class Optimizer:
         default_temperature: float = 1.0,
         max_template_chars: int = DEFAULT_MAX_CHARS,
         strategies: dict[Strategy, ProposalStrategy] | None = None,
+        window: ContextWindow | None = None,
+        counter: TokenCounter | None = None,
     ) -> None:
         self.backend = backend
         self.default_temperature = default_temperature
         self.max_template_chars = max_template_chars
         self.strategies = strategies or STRATEGIES
+        # Without a window every request is sent as built (tests of wording, endpoints that say nothing).
+        self.window = window
+        self.counter = counter
 
     async def propose(self, request: ProposalRequest) -> Proposal:
         """Ask the LLM for ``request.num_templates`` new templates.
@@ -55,11 +65,22 @@ class Optimizer:
         """
         validate(request)
         strategy = self.strategies[request.strategy]
-        messages = strategy.messages(request)
         temperature = self.default_temperature if request.temperature is None else request.temperature
-        completion = await self.backend.complete(
-            messages, temperature=temperature, n_templates=request.num_templates, seed=request.seed
-        )
+        scale = 1.0  # the endpoint's tokens per counted token, once a rejection told us
+        for attempt in range(MAX_CONTEXT_RETRIES + 1):
+            messages, counted = await self._fitted(strategy, request, scale)
+            try:
+                completion = await self.backend.complete(
+                    messages, temperature=temperature, n_templates=request.num_templates, seed=request.seed
+                )
+                break
+            except ContextTooLong as refused:
+                if self.window is None or attempt == MAX_CONTEXT_RETRIES:
+                    raise
+                self.window.learn(refused.limit, refused.requested, sent=counted)
+                if refused.prompt and counted:
+                    scale = max(scale, refused.prompt / counted)
+                metrics.CONTEXT_RETRIES.inc()
         parsed = parse_reply(
             completion.text, (s.template for s in request.history), max_chars=self.max_template_chars
         )
@@ -89,3 +110,20 @@ class Optimizer:
             latency_seconds=completion.latency_seconds,
             structured=completion.structured,
         )
+
+    async def _fitted(
+        self, strategy: ProposalStrategy, request: ProposalRequest, scale: float
+    ) -> tuple[list[ChatMessage], int]:
+        """The strategy's messages fitted to the context window (as built when there is none)."""
+        if self.window is None or self.counter is None:
+            return strategy.messages(request), 0
+        await self.window.ensure_known()
+        budget = int(self.window.prompt_budget / scale)
+        fold = getattr(strategy, "fold", None)
+        messages, counted = await fit_messages(request, strategy.messages, fold, budget, self.counter.count)
+        if len(messages) < len(request.conversation) + 1 or counted > budget:
+            log.info(
+                "request fitted to the context window",
+                extra={"strategy": request.strategy.value, "tokens": counted, "budget": budget},
+            )
+        return messages, counted

@@ -103,6 +103,25 @@ class LLMRejected(OptimizerError):
     e.g. an unknown model name or a context-length overflow."""
 
 
+class ContextTooLong(LLMRejected):
+    """The endpoint refused the request's length; the optimizer shrinks it and asks again.
+
+    ``limit`` (the endpoint's context), ``requested`` (tokens it counted, completion included) and
+    ``prompt`` (its count of the messages alone) are what its message said, where it said them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: int | None = None,
+        requested: int | None = None,
+        prompt: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.limit, self.requested, self.prompt = limit, requested, prompt
+
+
 def validate(request: ProposalRequest) -> None:
     """Raise :class:`InvalidRequest` for a request no strategy can answer."""
     if not 1 <= request.num_templates <= MAX_NUM_TEMPLATES:

@@ -18,6 +18,12 @@ def build_server(settings: OptimizerSettings) -> tuple[ServiceServer, Any]:
     """The optimizer's gRPC server and its LLM backend (close it after stopping the server)."""
     from promptclimb.api.v1 import optimizer_pb2_grpc
     from services.optimizer.backend import BackendConfig, ChatBackend
+    from services.optimizer.context import (
+        DEFAULT_COMPLETION_RESERVE,
+        DEFAULT_CONTEXT_TOKENS,
+        ContextWindow,
+        EndpointCounter,
+    )
     from services.optimizer.core import Optimizer
     from services.optimizer.servicer import OptimizerServicer
 
@@ -36,8 +42,18 @@ def build_server(settings: OptimizerSettings) -> tuple[ServiceServer, Any]:
             cache_dir=settings.cache_dir,
         )
     )
+    window = ContextWindow(
+        tokens=settings.llm_context_tokens or DEFAULT_CONTEXT_TOKENS,
+        completion_tokens=settings.max_tokens or DEFAULT_COMPLETION_RESERVE,
+        source="setting" if settings.llm_context_tokens else "default",
+        discover=backend.server_context,
+    )
     optimizer = Optimizer(
-        backend, default_temperature=settings.temperature, max_template_chars=settings.max_template_chars
+        backend,
+        default_temperature=settings.temperature,
+        max_template_chars=settings.max_template_chars,
+        window=window,
+        counter=EndpointCounter(backend),
     )
     servicer = OptimizerServicer(optimizer)
     server = ServiceServer(

@@ -25,6 +25,10 @@ LLM_TOKENS = Counter(
     "Tokens the chat LLM reported, by kind (prompt, completion).",
     ["model", "kind"],
 )
+CONTEXT_RETRIES = Counter(
+    "promptclimb_optimizer_context_retries",
+    "Requests the LLM endpoint refused for their length and the optimizer shrank and sent again.",
+)
 PROPOSALS = Counter(
     "promptclimb_optimizer_proposals",
     "Candidate templates parsed from LLM replies, by outcome (accepted, rejected) and rejection reason "

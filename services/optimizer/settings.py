@@ -37,6 +37,12 @@ class OptimizerSettings(ServerSettings):
         1.0, ge=0.0, le=2.0, description="Sampling temperature when a request sets none"
     )
     max_tokens: int | None = Field(512, gt=0, description="Cap on completion tokens per call; unset = no cap")
+    llm_context_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="The endpoint's context window in tokens; unset = what the server reports "
+        "(llama.cpp /props, vLLM /models), else 8192 until a rejection names the real one",
+    )
     timeout_seconds: float = Field(
         60.0,
         gt=0,

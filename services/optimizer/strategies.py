@@ -15,6 +15,8 @@ from services.optimizer.parsing import dedupe_key, parse_reply
 
 # Class names shown as context; more would only lengthen the prompt.
 MAX_CLASS_NAMES_SHOWN = 30
+# Templates of folded conversation turns listed in the opening (best first; at most best_k).
+MAX_FOLDED_SHOWN = 10
 
 SYSTEM_PROMPT = (
     "You write text prompts for CLIP, a vision-language model that classifies an image by comparing "
@@ -195,6 +197,35 @@ class Conversation:
             answer_format(request.num_templates),
         ]
         return "\n".join(lines)
+
+    def fold(self, request: ProposalRequest, messages: list[ChatMessage], keep: int) -> list[ChatMessage]:
+        """``messages`` with all but the newest ``keep`` feedback turns folded into the opening.
+
+        ``messages`` is what :meth:`messages` built: system, opening, (reply, feedback) pairs, the
+        last reply and the new feedback. The folded replies' templates, with their accuracy, join
+        the opening as one short list, so the chat stays within the endpoint's window and the LLM
+        still sees what it tried.
+        """
+        system, opening, rest = messages[0], messages[1], messages[2:]
+        folded_turns = max(0, (len(rest) - 2) // 2 - keep)
+        folded, kept = rest[: 2 * folded_turns], rest[2 * folded_turns :]
+        scores = {dedupe_key(s.template): s for s in ranked(request.history)}
+        tried: dict[str, ScoredTemplate] = {}
+        for reply in folded[::2]:
+            for template in parse_reply(reply.content).templates:
+                if (key := dedupe_key(template)) in scores:
+                    tried[key] = scores[key]
+        shown = sorted(tried.values(), key=_rank)[: min(MAX_FOLDED_SHOWN, request.best_k)]
+        note = [
+            "",
+            "Earlier in this conversation you also wrote these templates (best first):",
+            *bullet_list(shown),
+        ]
+        if not shown:
+            note = ["", "(Earlier turns of this conversation are left out to keep it short.)"]
+        head, sep, tail = opening.content.rpartition("\n\nWrite ")
+        content = f"{head}\n" + "\n".join(note) + f"{sep}{tail}" if sep else opening.content + "\n".join(note)
+        return [system, ChatMessage("user", content), *kept]
 
     def feedback(self, request: ProposalRequest) -> str:
         """Later user turn: the accuracy of each template of the last reply, then try again."""
