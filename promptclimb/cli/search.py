@@ -248,6 +248,7 @@ def _show(s: Any, args: argparse.Namespace) -> None:
     print(
         f"usage: {u.llm_calls} LLM calls, {u.prompt_tokens + u.completion_tokens} tokens, "
         f"{u.evaluations} evaluations, {s.wall_seconds:.1f} s"
+        + (f", ${u.cost_usd:.4f}" if u.cost_usd else "")
     )
 
 

@@ -166,11 +166,18 @@ class GrpcProposer:
         retry: RetryPolicy | None = None,
         tls: ClientTLS | None = None,
         max_message_bytes: int = 16 * 1024 * 1024,
+        prices: dict[str, tuple[float, float]] | None = None,
     ) -> None:
         self.channel = _open(target, tls, max_message_bytes)
         self.stub = optimizer_pb2_grpc.OptimizerServiceStub(self.channel)
         self.deadline = deadline_seconds
         self.retry = retry or RetryPolicy()
+        self.prices = prices or {}  # model -> (USD per 1k prompt tokens, per 1k completion tokens)
+
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD at the price of ``model`` (else the ``*`` entry; 0 when neither is set)."""
+        per_prompt, per_completion = self.prices.get(model) or self.prices.get("*") or (0.0, 0.0)
+        return (prompt_tokens * per_prompt + completion_tokens * per_completion) / 1000.0
 
     async def close(self) -> None:
         """Close the channel."""
@@ -197,10 +204,14 @@ class GrpcProposer:
         )
         metrics.LLM_TOKENS.labels("prompt").inc(reply.usage.prompt_tokens)
         metrics.LLM_TOKENS.labels("completion").inc(reply.usage.completion_tokens)
+        cost = self.cost(reply.model, reply.usage.prompt_tokens, reply.usage.completion_tokens)
+        metrics.LLM_COST.inc(cost)
         return Proposal(
             templates=tuple(reply.templates),
-            llm_calls=max(1, reply.usage.llm_calls),
+            llm_calls=reply.usage.llm_calls,  # 0 for a cached reply or a strategy with no LLM
             prompt_tokens=reply.usage.prompt_tokens,
             completion_tokens=reply.usage.completion_tokens,
             conversation=tuple((m.role, m.content) for m in reply.conversation),
+            model=reply.model,
+            cost_usd=cost,
         )

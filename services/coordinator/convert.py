@@ -225,6 +225,7 @@ def search_to_proto(r: SearchRecord, *, full: bool) -> coordinator_pb2.Search:
             prompt_tokens=p.usage.prompt_tokens,
             completion_tokens=p.usage.completion_tokens,
             evaluations=p.usage.evaluations,
+            cost_usd=p.usage.cost_usd,
         ),
     )
     for field, value in (

@@ -61,6 +61,7 @@ async def serve(settings: CoordinatorSettings) -> None:
         retry=retry,
         tls=settings.upstream_tls(),
         max_message_bytes=settings.max_message_bytes,
+        prices=settings.prices(),
     )
     runner = SearchRunner(
         store,

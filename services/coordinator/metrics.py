@@ -19,4 +19,7 @@ SEARCH_SECONDS = Histogram(
 )
 EVALUATIONS = Counter("promptclimb_coordinator_evaluations", "Templates scored through the scorer.")
 LLM_TOKENS = Counter("promptclimb_coordinator_llm_tokens", "LLM tokens spent by searches.", ["kind"])
+LLM_COST = Counter(
+    "promptclimb_coordinator_llm_cost_usd", "LLM spend of searches in US dollars, at the configured prices."
+)
 SCORER_RETRIES = Counter("promptclimb_coordinator_scorer_retries", "Scorer calls retried, by code.", ["code"])

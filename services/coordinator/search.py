@@ -157,6 +157,8 @@ class Proposal:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     conversation: tuple[tuple[str, str], ...] = ()
+    model: str = ""  # the model that answered, as the endpoint named it
+    cost_usd: float = 0.0  # priced when it arrived (settings), so a replay costs the same
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (the journal stores it)."""
@@ -166,6 +168,8 @@ class Proposal:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "conversation": [list(m) for m in self.conversation],
+            "model": self.model,
+            "cost_usd": self.cost_usd,
         }
 
     @classmethod
@@ -177,6 +181,8 @@ class Proposal:
             prompt_tokens=int(d.get("prompt_tokens", 0)),
             completion_tokens=int(d.get("completion_tokens", 0)),
             conversation=tuple((str(r), str(c)) for r, c in d.get("conversation", ())),
+            model=str(d.get("model", "")),
+            cost_usd=float(d.get("cost_usd", 0.0)),
         )
 
 
@@ -202,6 +208,7 @@ class Usage:
     completion_tokens: int = 0
     evaluations: int = 0  # every template scored, any split
     search_evaluations: int = 0  # selection-split scores inside the loop (what the budget bounds)
+    cost_usd: float = 0.0  # LLM spend at the configured prices (0 where none is set)
 
     @property
     def tokens(self) -> int:
@@ -513,6 +520,7 @@ class HillClimb:
         u.llm_calls += recorded.llm_calls
         u.prompt_tokens += recorded.prompt_tokens
         u.completion_tokens += recorded.completion_tokens
+        u.cost_usd += recorded.cost_usd
         return recorded
 
     def _check_budget(self, *, before_llm: bool = False, evaluations: int = 0) -> None:

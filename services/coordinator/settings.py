@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from promptclimb.common.channels import ClientTLS
@@ -33,6 +33,12 @@ class CoordinatorSettings(ServerSettings):
         30.0, gt=0, description="Search lease; a dead replica's searches resume after it"
     )
     max_running_searches: int = Field(8, gt=0, description="Searches run at once by this replica")
+    llm_prices: list[str] = Field(
+        default_factory=list,
+        description="LLM prices (repeatable) MODEL=USD_PER_1K_PROMPT,USD_PER_1K_COMPLETION, e.g. "
+        "gpt-4o-mini=0.00015,0.0006; MODEL * prices every other model; unset = cost 0",
+        json_schema_extra={"cli_flag": "--llm-price"},
+    )
     replica_id: str | None = Field(None, description="Lease owner name (default: host-pid-random)")
     auth_token: SecretStr | None = Field(
         None, description="Bearer token required on the public API (health stays open); unset = no check"
@@ -48,6 +54,16 @@ class CoordinatorSettings(ServerSettings):
     upstream_tls_server_name: str | None = Field(
         None, description="Name expected in the scorer/optimizer certificates, if not the target host"
     )
+
+    @field_validator("llm_prices")
+    @classmethod
+    def _prices_parse(cls, values: list[str]) -> list[str]:
+        parse_prices(values)  # raises ValueError naming the bad entry
+        return values
+
+    def prices(self) -> dict[str, tuple[float, float]]:
+        """``llm_prices`` as model -> (USD per 1k prompt tokens, USD per 1k completion tokens)."""
+        return parse_prices(self.llm_prices)
 
     @model_validator(mode="after")
     def _token_from_file(self) -> CoordinatorSettings:
@@ -69,3 +85,23 @@ class CoordinatorSettings(ServerSettings):
         return ClientTLS(
             self.upstream_tls_ca, self.upstream_tls_cert, self.upstream_tls_key, self.upstream_tls_server_name
         )
+
+
+def parse_prices(entries: list[str]) -> dict[str, tuple[float, float]]:
+    """``["m=0.1,0.2"]`` -> ``{"m": (0.1, 0.2)}``; raises ValueError for a malformed or negative entry."""
+    prices: dict[str, tuple[float, float]] = {}
+    for entry in entries:
+        model, sep, pair = entry.rpartition("=")
+        parts = pair.split(",")
+        try:
+            if not sep or not model or len(parts) != 2:
+                raise ValueError
+            prompt, completion = (float(p) for p in parts)
+        except ValueError:
+            raise ValueError(
+                f"llm price {entry!r}: want MODEL=USD_PER_1K_PROMPT,USD_PER_1K_COMPLETION"
+            ) from None
+        if min(prompt, completion) < 0:
+            raise ValueError(f"llm price {entry!r}: prices must not be negative")
+        prices[model] = (prompt, completion)
+    return prices

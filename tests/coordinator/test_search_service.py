@@ -261,3 +261,29 @@ async def test_patience_stops_a_search_that_no_longer_improves(harness: Harness)
     assert done.end_reason == "converged"
     assert done.iteration == iterations
     assert done.usage.llm_calls == iterations
+
+
+async def test_cost_is_priced_per_model_and_counted(harness: Harness) -> None:
+    from prometheus_client import REGISTRY
+
+    from services.coordinator.settings import CoordinatorSettings
+
+    # USD per 1k tokens; the fake answers as model "fake" with 10 prompt + 5 completion tokens.
+    harness.runner.proposer.prices = CoordinatorSettings(llm_prices=["fake=1.5,4", "*=100,100"]).prices()
+    before = REGISTRY.get_sample_value("promptclimb_coordinator_llm_cost_usd_total") or 0.0
+    search = await harness.client.start(make_spec("toy", iterations=3, restarts=1))
+    done = await harness.client.wait(search.name)
+    assert done.usage.llm_calls == 3
+    assert done.usage.cost_usd == pytest.approx(3 * (10 * 1.5 + 5 * 4) / 1000)
+    after = REGISTRY.get_sample_value("promptclimb_coordinator_llm_cost_usd_total")
+    assert after == pytest.approx(before + done.usage.cost_usd)
+
+
+def test_malformed_prices_are_refused_naming_the_entry() -> None:
+    from pydantic import ValidationError
+
+    from services.coordinator.settings import CoordinatorSettings
+
+    for bad in ("gpt-4o-mini", "m=1", "m=a,b", "m=-1,2", "=1,2"):
+        with pytest.raises(ValidationError, match="llm price"):
+            CoordinatorSettings(llm_prices=[bad])

@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpromptclimb/api/v1/common.proto\x12\x12promptclimb.api.v1\"\xa4\x01\n\x0eScoredTemplate\x12\x10\n\x08template\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x0f\n\x07restart\x18\x05 \x01(\x05\x12\x11\n\titeration\x18\x06 \x01(\x05\x12\x0e\n\x06origin\x18\x07 \x01(\t\x12\x11\n\x04loss\x18\x08 \x01(\x01H\x00\x88\x01\x01\x42\x07\n\x05_loss\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"a\n\x05Usage\x12\x11\n\tllm_calls\x18\x01 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x03\x12\x13\n\x0b\x65valuations\x18\x04 \x01(\x03*o\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x19\n\x15STRATEGY_CONVERSATION\x10\x01\x12\x15\n\x11STRATEGY_CONTRAST\x10\x02\x12\x17\n\x13STRATEGY_TRAJECTORY\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpromptclimb/api/v1/common.proto\x12\x12promptclimb.api.v1\"\xa4\x01\n\x0eScoredTemplate\x12\x10\n\x08template\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x0f\n\x07restart\x18\x05 \x01(\x05\x12\x11\n\titeration\x18\x06 \x01(\x05\x12\x0e\n\x06origin\x18\x07 \x01(\t\x12\x11\n\x04loss\x18\x08 \x01(\x01H\x00\x88\x01\x01\x42\x07\n\x05_loss\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"s\n\x05Usage\x12\x11\n\tllm_calls\x18\x01 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x03\x12\x13\n\x0b\x65valuations\x18\x04 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\x01*o\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x19\n\x15STRATEGY_CONVERSATION\x10\x01\x12\x15\n\x11STRATEGY_CONTRAST\x10\x02\x12\x17\n\x13STRATEGY_TRAJECTORY\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'promptclimb.api.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STRATEGY']._serialized_start=367
-  _globals['_STRATEGY']._serialized_end=478
+  _globals['_STRATEGY']._serialized_start=385
+  _globals['_STRATEGY']._serialized_end=496
   _globals['_SCOREDTEMPLATE']._serialized_start=56
   _globals['_SCOREDTEMPLATE']._serialized_end=220
   _globals['_CHATMESSAGE']._serialized_start=222
   _globals['_CHATMESSAGE']._serialized_end=266
   _globals['_USAGE']._serialized_start=268
-  _globals['_USAGE']._serialized_end=365
+  _globals['_USAGE']._serialized_end=383
 # @@protoc_insertion_point(module_scope)

@@ -45,13 +45,15 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("llm_calls", "prompt_tokens", "completion_tokens", "evaluations")
+    __slots__ = ("llm_calls", "prompt_tokens", "completion_tokens", "evaluations", "cost_usd")
     LLM_CALLS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
     llm_calls: int
     prompt_tokens: int
     completion_tokens: int
     evaluations: int
-    def __init__(self, llm_calls: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., evaluations: _Optional[int] = ...) -> None: ...
+    cost_usd: float
+    def __init__(self, llm_calls: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., evaluations: _Optional[int] = ..., cost_usd: _Optional[float] = ...) -> None: ...
