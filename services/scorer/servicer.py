@@ -11,8 +11,20 @@ import grpc
 
 from promptclimb.api.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb.common.errors import ServiceError, abort, invalid_argument, not_found
-from services.scorer import engine as eng
 from services.scorer.datasets import DatasetError, DatasetSpec, FewShotSet
+from services.scorer.engine import ScoringEngine
+from services.scorer.errors import (
+    BadRequest,
+    DatasetConflict,
+    NotReady,
+    QueueFull,
+    ScorerError,
+    SourceNotAllowed,
+    TooManyDatasets,
+    UnknownDataset,
+    UnknownSplit,
+)
+from services.scorer.results import ModelInfo, TemplateResult
 
 SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["ScorerService"].full_name
 _INVALID_ARGUMENT = 3  # google.rpc.Code
@@ -22,30 +34,30 @@ T = TypeVar("T")
 
 def to_service_error(exc: Exception) -> ServiceError:
     """The status a domain error is reported with."""
-    if isinstance(exc, eng.NotReady):
+    if isinstance(exc, NotReady):
         return ServiceError(grpc.StatusCode.UNAVAILABLE, str(exc), retry_after_seconds=1.0)
-    if isinstance(exc, eng.UnknownDataset):
+    if isinstance(exc, UnknownDataset):
         return not_found("dataset", exc.dataset)
-    if isinstance(exc, eng.UnknownSplit):
+    if isinstance(exc, UnknownSplit):
         return ServiceError(
             grpc.StatusCode.NOT_FOUND, str(exc), resource=("split", f"{exc.dataset}/{exc.split}")
         )
-    if isinstance(exc, eng.BadRequest):
+    if isinstance(exc, BadRequest):
         return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), field_violations=exc.violations)
-    if isinstance(exc, eng.QueueFull):
+    if isinstance(exc, QueueFull):
         return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), retry_after_seconds=exc.retry_after)
-    if isinstance(exc, eng.DatasetConflict):
+    if isinstance(exc, DatasetConflict):
         return ServiceError(grpc.StatusCode.ALREADY_EXISTS, str(exc))
-    if isinstance(exc, eng.SourceNotAllowed):
+    if isinstance(exc, SourceNotAllowed):
         return ServiceError(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-    if isinstance(exc, eng.TooManyDatasets):
+    if isinstance(exc, TooManyDatasets):
         return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     if isinstance(exc, DatasetError):
         return invalid_argument(str(exc), "source")
     raise exc
 
 
-def _score(r: eng.TemplateResult) -> scorer_pb2.TemplateScore:
+def _score(r: TemplateResult) -> scorer_pb2.TemplateScore:
     msg = scorer_pb2.TemplateScore(
         template=r.template,
         accuracy=r.accuracy,
@@ -74,7 +86,7 @@ def dataset_message(d: FewShotSet) -> scorer_pb2.Dataset:
 def spec_of(request: scorer_pb2.RegisterDatasetRequest) -> DatasetSpec:
     """The dataset spec a RegisterDataset request describes."""
     if not request.id:
-        raise eng.BadRequest("id must not be empty", "id")
+        raise BadRequest("id must not be empty", "id")
     kind = request.WhichOneof("source")
     if kind == "image_folder":
         return DatasetSpec(request.id, "imagefolder", request.image_folder.path)
@@ -89,7 +101,7 @@ def spec_of(request: scorer_pb2.RegisterDatasetRequest) -> DatasetSpec:
             "seed": str(c.seed),
         }
         return DatasetSpec(request.id, "coop", c.split_json, options)
-    raise eng.BadRequest("one of image_folder, coop, array must be set", "source")
+    raise BadRequest("one of image_folder, coop, array must be set", "source")
 
 
 def check_register_roots(spec: DatasetSpec, roots: Sequence[Path]) -> None:
@@ -106,9 +118,9 @@ def check_register_roots(spec: DatasetSpec, roots: Sequence[Path]) -> None:
         try:
             resolved = Path(raw).expanduser().resolve()
         except (OSError, ValueError, RuntimeError) as exc:
-            raise eng.BadRequest(f"cannot resolve the dataset path: {exc}", "source") from exc
+            raise BadRequest(f"cannot resolve the dataset path: {exc}", "source") from exc
         if not any(resolved == root or root in resolved.parents for root in allowed):
-            raise eng.SourceNotAllowed(
+            raise SourceNotAllowed(
                 "dataset paths must lie under the scorer's register roots "
                 f"({', '.join(str(r) for r in allowed)})"
             )
@@ -117,13 +129,13 @@ def check_register_roots(spec: DatasetSpec, roots: Sequence[Path]) -> None:
 class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     """The gRPC adapter of a :class:`ScoringEngine`."""
 
-    def __init__(self, engine: eng.ScoringEngine) -> None:
+    def __init__(self, engine: ScoringEngine) -> None:
         self.engine = engine
 
     async def _call(self, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
         try:
             return await work()
-        except (eng.ScorerError, DatasetError) as exc:
+        except (ScorerError, DatasetError) as exc:
             await abort(context, to_service_error(exc))
             raise AssertionError("unreachable") from exc
 
@@ -174,7 +186,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
             check_register_roots(spec, self.engine.settings.register_roots)
             try:
                 return await asyncio.to_thread(self.engine.register, spec)
-            except (DatasetError, eng.ScorerError):
+            except (DatasetError, ScorerError):
                 raise
             except (OSError, ValueError) as exc:
                 # A path the OS cannot look up (too long, NUL byte, no permission) is the caller's.
@@ -189,7 +201,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     ) -> scorer_pb2.GetModelInfoResponse:
         """The loaded model."""
 
-        async def work() -> eng.ModelInfo:
+        async def work() -> ModelInfo:
             return self.engine.model_info()
 
         info = await self._call(context, work)
@@ -205,6 +217,6 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         )
 
 
-def register(server: grpc.aio.Server, engine: eng.ScoringEngine) -> None:
+def register(server: grpc.aio.Server, engine: ScoringEngine) -> None:
     """Add the scorer service to ``server``."""
     scorer_pb2_grpc.add_ScorerServiceServicer_to_server(ScorerServicer(engine), server)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from services.scorer.datasets import parse_dataset_spec
-from services.scorer.engine import BadRequest, QueueFull, ScoringEngine, UnknownDataset, UnknownSplit
+from services.scorer.engine import ScoringEngine
+from services.scorer.errors import BadRequest, QueueFull, UnknownDataset, UnknownSplit
 from services.scorer.settings import ScorerSettings
 from tests.scorer.conftest import TEMPLATES, paper_ensemble_correct, paper_scores, paper_scores_and_losses
 

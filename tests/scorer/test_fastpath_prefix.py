@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from services.scorer.engine import ScoringEngine, common_prefix_lengths, encode_shared_prefix
+from services.scorer.clip import common_prefix_lengths, encode_shared_prefix
+from services.scorer.engine import ScoringEngine
 from services.scorer.settings import ScorerSettings
 from tests.scorer.conftest import TEMPLATES, paper_scores
 from tests.scorer.test_engine import make_engine
@@ -69,7 +70,7 @@ def test_prefix_sharing_needs_truncation(tiny_model: Path) -> None:
 
 
 def test_length_buckets_group_similar_lengths_within_bounds() -> None:
-    from services.scorer.engine import length_buckets
+    from services.scorer.clip import length_buckets
 
     lengths = [9, 3, 3, 7, 3, 9, 7, 5]
     chunks = length_buckets(lengths, max_rows=3, min_rows=2)
