@@ -346,9 +346,8 @@ async def bench_concurrency(args: argparse.Namespace) -> dict[int, float]:
     import torch
 
     from promptclimb.api.v1 import scorer_pb2, scorer_pb2_grpc
-    from promptclimb.common.server import ServiceServer
     from services.scorer.engine import ScoringEngine
-    from services.scorer.servicer import SERVICE_NAME, register
+    from services.scorer.main import build_server
     from services.scorer.settings import ScorerSettings
 
     tmp = tempfile.TemporaryDirectory()
@@ -370,7 +369,7 @@ async def bench_concurrency(args: argparse.Namespace) -> dict[int, float]:
     engine.register_features(
         "bench", names, "train", feats, torch.randint(0, len(names), (500,), generator=gen)
     )
-    server = ServiceServer("scorer", settings, [SERVICE_NAME], lambda s: register(s, engine))
+    server = build_server(settings, engine)
     port = await server.start()
     await server.set_ready(True)
     pool = _templates()

@@ -10,8 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from services.scorer.settings import ScorerSettings
+
+if TYPE_CHECKING:
+    from promptclimb.common.server import ServiceServer
+    from services.scorer.engine import ScoringEngine
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +30,28 @@ def run(settings: ScorerSettings) -> int:
     return 1 if failed else code
 
 
+def build_server(settings: ScorerSettings, engine: ScoringEngine) -> ServiceServer:
+    """The scorer's gRPC server around ``engine`` (health, reflection, metrics); not started."""
+    from promptclimb.common.server import ServiceServer
+    from services.scorer.servicer import SERVICE_NAME, register
+
+    return ServiceServer(
+        name="scorer",
+        settings=settings,
+        service_names=[SERVICE_NAME],
+        register=lambda s: register(s, engine),
+    )
+
+
 async def serve(settings: ScorerSettings, failed: list[BaseException] | None = None) -> None:
     """Run the scorer until SIGTERM; a model or dataset that fails to load ends the process."""
-    from promptclimb.common.server import ServiceServer, announce
+    from promptclimb.common.server import announce
     from services.scorer import metrics
     from services.scorer.datasets import parse_dataset_spec
     from services.scorer.engine import ScoringEngine
-    from services.scorer.servicer import SERVICE_NAME, register
 
     engine = ScoringEngine(settings)
-    server = ServiceServer("scorer", settings, [SERVICE_NAME], lambda s: register(s, engine))
+    server = build_server(settings, engine)
     await server.start()
     announce("scorer", server.port, server.metrics_port)
     metrics.MODEL_READY.set(0)

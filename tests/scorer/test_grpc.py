@@ -16,7 +16,8 @@ from promptclimb.common.errors import retry_delay_of
 from promptclimb.common.server import ServiceServer
 from services.scorer.datasets import parse_dataset_spec
 from services.scorer.engine import ScoringEngine
-from services.scorer.servicer import SERVICE_NAME, register
+from services.scorer.main import build_server
+from services.scorer.servicer import SERVICE_NAME
 from services.scorer.settings import ScorerSettings
 from tests.scorer.conftest import TEMPLATES
 
@@ -42,7 +43,7 @@ async def running(tiny_model: Path, tmp_path: Path) -> AsyncIterator[Running]:
         max_templates_per_request=8,
     )
     engine = ScoringEngine(settings)
-    server = ServiceServer("scorer", settings, [SERVICE_NAME], lambda s: register(s, engine))
+    server = build_server(settings, engine)
     port = await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield Running(engine, server, channel)
@@ -138,7 +139,7 @@ async def test_register_roots_and_dataset_limit(tiny_model: Path, images: Path, 
     """Remote callers may only register data under the configured roots, and only so many sets."""
     settings = ScorerSettings(model=f"local-dir:{tiny_model}", register_roots=[images], max_datasets=1)
     engine = ScoringEngine(settings)
-    server = ServiceServer("scorer", settings, [SERVICE_NAME], lambda s: register(s, engine))
+    server = build_server(settings, engine)
     port = await server.start()
     await asyncio.to_thread(engine.load_model)
     try:
