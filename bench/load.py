@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import grpc
 
-from promptclimb.client import CoordinatorClient
+from promptclimb.client import CoordinatorClient, ScorerClient
 from promptclimb.local import launch_service
 from promptclimb.testing.fake_openai import FakeOpenAI
 from promptclimb.testing.tiny_clip import make_image_folder, make_tiny_model_dir
@@ -211,15 +211,15 @@ class LocalStack:
             tls_key=tls.client_key if tls and self.mtls else None,
         )
 
-    def scorer_channel(self) -> grpc.aio.Channel:
-        """An aio channel straight to the scorer."""
-        from promptclimb.common.channels import open_channel
-
+    def scorer_client(self, *, timeout: float = 30) -> ScorerClient:
+        """A client straight to the scorer (TLS as the stack was started)."""
         tls = self.tls
-        if tls is None:
-            return open_channel(self.services["scorer"].target)
-        return open_channel(
-            self.services["scorer"].target, tls_ca=tls.ca, tls_cert=tls.client_cert, tls_key=tls.client_key
+        return ScorerClient(
+            self.services["scorer"].target,
+            timeout=timeout,
+            tls_ca=tls.ca if tls else None,
+            tls_cert=tls.client_cert if tls else None,
+            tls_key=tls.client_key if tls else None,
         )
 
     def memory(self) -> dict[str, dict[str, int]]:
@@ -270,21 +270,16 @@ def random_template(rng: random.Random) -> str:
 
 async def evaluate_clients(stack: LocalStack, clients: int, seconds: float, templates: int) -> Counter[str]:
     """``clients`` concurrent loops of EvaluatePrompts for ``seconds``; counts codes."""
-    from promptclimb.api.v1 import scorer_pb2, scorer_pb2_grpc
-
     codes: Counter[str] = Counter()
     stop_at = time.monotonic() + seconds
 
     async def one(i: int) -> None:
         rng = random.Random(i)
-        async with stack.scorer_channel() as channel:
-            stub = scorer_pb2_grpc.ScorerServiceStub(channel)
+        async with stack.scorer_client() as scorer:
             while time.monotonic() < stop_at:
-                request = scorer_pb2.EvaluatePromptsRequest(
-                    dataset="demo", split="train", templates=[random_template(rng) for _ in range(templates)]
-                )
+                batch = [random_template(rng) for _ in range(templates)]
                 try:
-                    await stub.EvaluatePrompts(request, timeout=30)
+                    await scorer.evaluate("demo", "train", batch, timeout=30)
                     codes["OK"] += 1
                 except grpc.aio.AioRpcError as err:
                     codes[err.code().name] += 1

@@ -1,4 +1,4 @@
-"""A small async client of the coordinator, for scripts and other services.
+"""Small async clients of the coordinator and the scorer, for scripts and other services.
 
 Results are the generated, typed proto messages (``promptclimb.api.v1.coordinator_pb2.Search``,
 with ``.pyi`` stubs for editors and mypy): ``search.state``, ``search.best.template``,
@@ -19,6 +19,9 @@ Example::
             print(done.best.template, done.result.best_evaluation_accuracy)
 
     asyncio.run(main())
+
+:class:`ScorerClient` asks a scorer directly (``evaluate``, ``evaluate_ensemble``,
+``list_datasets``, ``register_dataset``, ``model_info``), e.g. to score a template by hand.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from google.protobuf import duration_pb2
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from promptclimb.api.v1 import coordinator_pb2, coordinator_pb2_grpc
+from promptclimb.api.v1 import coordinator_pb2, coordinator_pb2_grpc, scorer_pb2, scorer_pb2_grpc
 from promptclimb.common.channels import open_channel
 from promptclimb.common.vocabulary import STATE_TO_PROTO, STRATEGY_TO_PROTO, TERMINAL_PROTO_STATES
 
@@ -235,3 +238,118 @@ class CoordinatorClient:
             if snapshot.state in TERMINAL:
                 break
         return await self.get(name)
+
+
+class ScorerClient:
+    """Async client of ``ScorerService`` over one channel; use as ``async with`` or call :meth:`close`.
+
+    Every method takes a ``timeout`` in seconds (None: the client's default), sent as the call's
+    gRPC deadline so the scorer stops working on a call nobody waits for. Errors are
+    ``grpc.aio.AioRpcError`` with the scorer's status (UNAVAILABLE while it loads, NOT_FOUND for an
+    unknown dataset or split, RESOURCE_EXHAUSTED with a retry delay when its queue is full…).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 300.0,
+        max_message_bytes: int = 16 * 1024 * 1024,
+        tls_ca: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        tls_server_name: str | None = None,
+    ) -> None:
+        self.channel = open_channel(
+            target,
+            max_message_bytes=max_message_bytes,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_server_name=tls_server_name,
+        )
+        self.stub = scorer_pb2_grpc.ScorerServiceStub(self.channel)
+        self.timeout = timeout
+
+    async def __aenter__(self) -> ScorerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self.channel.close()
+
+    def _timeout(self, timeout: float | None) -> float:
+        return self.timeout if timeout is None else timeout
+
+    async def evaluate(
+        self,
+        dataset: str,
+        split: str,
+        templates: list[str],
+        *,
+        per_class: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline the scorer sees)
+    ) -> scorer_pb2.EvaluatePromptsResponse:
+        """Score each template on ``dataset``/``split``; a rejected template has its ``error`` set."""
+        request = scorer_pb2.EvaluatePromptsRequest(
+            dataset=dataset, split=split, templates=templates, per_class=per_class
+        )
+        return await self.stub.EvaluatePrompts(request, timeout=self._timeout(timeout))
+
+    async def evaluate_ensemble(
+        self,
+        dataset: str,
+        split: str,
+        templates: list[str],
+        *,
+        per_class: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline the scorer sees)
+    ) -> scorer_pb2.EvaluateEnsembleResponse:
+        """Score the ensemble of ``templates`` (INVALID_ARGUMENT if any of them is invalid)."""
+        request = scorer_pb2.EvaluateEnsembleRequest(
+            dataset=dataset, split=split, templates=templates, per_class=per_class
+        )
+        return await self.stub.EvaluateEnsemble(request, timeout=self._timeout(timeout))
+
+    async def list_datasets(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline the scorer sees)
+    ) -> list[scorer_pb2.Dataset]:
+        """Every registered dataset, by id, with its splits and where their features came from."""
+        reply = await self.stub.ListDatasets(scorer_pb2.ListDatasetsRequest(), timeout=self._timeout(timeout))
+        return list(reply.datasets)
+
+    async def register_dataset(
+        self,
+        id: str,
+        *,
+        image_folder: str | None = None,
+        array: str | None = None,
+        coop: scorer_pb2.CoopSource | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline the scorer sees)
+    ) -> scorer_pb2.Dataset:
+        """Register a dataset from exactly one source; returns it once its features are ready."""
+        given = [s for s in (image_folder, array, coop) if s is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of image_folder, array, coop")
+        request = scorer_pb2.RegisterDatasetRequest(id=id)
+        if image_folder is not None:
+            request.image_folder.path = image_folder
+        elif array is not None:
+            request.array.path = array
+        elif coop is not None:
+            request.coop.CopyFrom(coop)
+        reply = await self.stub.RegisterDataset(request, timeout=self._timeout(timeout))
+        return reply.dataset
+
+    async def model_info(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline the scorer sees)
+    ) -> scorer_pb2.GetModelInfoResponse:
+        """The loaded model (UNAVAILABLE while it loads)."""
+        return await self.stub.GetModelInfo(scorer_pb2.GetModelInfoRequest(), timeout=self._timeout(timeout))

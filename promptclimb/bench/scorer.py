@@ -342,10 +342,9 @@ async def bench_concurrency(args: argparse.Namespace) -> dict[int, float]:
     import tempfile
     from pathlib import Path
 
-    import grpc
     import torch
 
-    from promptclimb.api.v1 import scorer_pb2, scorer_pb2_grpc
+    from promptclimb.client import ScorerClient
     from services.scorer.engine import ScoringEngine
     from services.scorer.main import build_server
     from services.scorer.settings import ScorerSettings
@@ -380,8 +379,7 @@ async def bench_concurrency(args: argparse.Namespace) -> dict[int, float]:
         f"batch_wait_ms={settings.batch_wait_ms} threads={torch.get_num_threads()}",
         flush=True,
     )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = scorer_pb2_grpc.ScorerServiceStub(channel)
+    async with ScorerClient(f"127.0.0.1:{port}") as scorer:
 
         def fresh() -> list[str]:
             # Never-seen templates: every request pays text encoding (no cache hits).
@@ -395,8 +393,7 @@ async def bench_concurrency(args: argparse.Namespace) -> dict[int, float]:
         async def client(stop: float) -> int:
             done = 0
             while time.perf_counter() < stop:
-                req = scorer_pb2.EvaluatePromptsRequest(dataset="bench", split="train", templates=fresh())
-                resp = await stub.EvaluatePrompts(req, timeout=60)
+                resp = await scorer.evaluate("bench", "train", fresh(), timeout=60)
                 assert all(not s.HasField("error") for s in resp.scores)
                 done += len(resp.scores)
             return done

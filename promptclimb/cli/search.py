@@ -280,24 +280,14 @@ def _rpc(run: Any) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     async def run() -> int:
-        from promptclimb.api.v1 import scorer_pb2, scorer_pb2_grpc
-        from promptclimb.common.channels import open_channel
+        from promptclimb.client import ScorerClient
 
-        async with open_channel(args.scorer) as channel:
-            stub = scorer_pb2_grpc.ScorerServiceStub(channel)
-            reply = await stub.EvaluatePrompts(
-                scorer_pb2.EvaluatePromptsRequest(
-                    dataset=args.dataset, split=args.split, templates=args.templates
-                ),
-                timeout=300,
-            )
+        async with ScorerClient(args.scorer) as client:
+            reply = await client.evaluate(args.dataset, args.split, args.templates, timeout=300)
             ensemble = None
             if args.ensemble:
-                ensemble = await stub.EvaluateEnsemble(
-                    scorer_pb2.EvaluateEnsembleRequest(
-                        dataset=args.dataset, split=args.split, templates=args.templates
-                    ),
-                    timeout=300,
+                ensemble = await client.evaluate_ensemble(
+                    args.dataset, args.split, args.templates, timeout=300
                 )
         rows = [
             {
