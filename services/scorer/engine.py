@@ -31,7 +31,7 @@ from services.scorer.errors import (
     UnknownDataset,
     UnknownSplit,
 )
-from services.scorer.features import load_or_compute
+from services.scorer.features import FeaturesSource, load_or_compute
 from services.scorer.results import Evaluation, ModelInfo, TemplateResult
 from services.scorer.settings import ScorerSettings
 from services.scorer.templates import FilledTemplate, TemplateRejected, fill_all
@@ -115,8 +115,9 @@ class ScoringEngine:
         import torch
 
         feats: dict[str, tuple[Any, Any]] = {}
+        sources: dict[str, FeaturesSource] = {}
         for name, split in dataset.splits.items():
-            f, _ = load_or_compute(
+            f, sources[name] = load_or_compute(
                 cache_dir,
                 self.model.fingerprint,
                 dataset.id,
@@ -129,6 +130,7 @@ class ScoringEngine:
             feats[name] = (f.to(self.model.device), labels)
         for name, value in feats.items():
             self._features[(dataset.id, name)] = value
+            dataset.splits[name].features_source = sources[name]
         dataset.ready = True
         self.datasets[dataset.id] = dataset
         self._specs[spec.id] = spec
@@ -157,7 +159,9 @@ class ScoringEngine:
         def fingerprint(_memo: FileDigests | None = None) -> str:
             return f"features:{dataset_id}:{split}"
 
-        dataset.splits[split] = Split(split, labels_t.tolist(), lambda i: None, fingerprint)
+        dataset.splits[split] = Split(
+            split, labels_t.tolist(), lambda i: None, fingerprint, FeaturesSource.PROVIDED
+        )
         self._features[(dataset_id, split)] = (feats.to(self.model.device), labels_t.to(self.model.device))
         return dataset
 

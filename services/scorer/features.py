@@ -14,12 +14,21 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from services.scorer.datasets import FileDigests, Split
 
 log = logging.getLogger(__name__)
+
+
+class FeaturesSource(StrEnum):
+    """How a split's image features were obtained in this process (ListDatasets reports it)."""
+
+    COMPUTED = "computed"  # encoded by the image tower (then cached when a cache folder is set)
+    CACHE = "cache"  # read from the on-disk cache
+    PROVIDED = "provided"  # handed over already computed (benchmarks, offline tools)
 
 
 def feature_key(model_fingerprint: str, split: Split, memo: FileDigests | None = None) -> str:
@@ -59,8 +68,8 @@ def load_or_compute(
     encode_images: Callable[[Any], Any],
     preprocess: Callable[[Any], Any],
     batch_size: int = 64,
-) -> tuple[Any, bool]:
-    """Features of ``split``, from the disk cache when present; returns (features, from_cache)."""
+) -> tuple[Any, FeaturesSource]:
+    """Features of ``split``, from the disk cache when present; returns (features, their source)."""
     import torch
 
     path: Path | None = None
@@ -74,7 +83,7 @@ def load_or_compute(
                 "image features loaded from cache",
                 extra={"dataset": dataset_id, "split": split.name, "images": len(split), "path": str(path)},
             )
-            return feats, True
+            return feats, FeaturesSource.CACHE
     start = time.perf_counter()
     last_log = [start]
 
@@ -102,4 +111,4 @@ def load_or_compute(
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save(feats, tmp)
         os.replace(tmp, path)  # atomic, so a concurrent replica never reads half a file
-    return feats, False
+    return feats, FeaturesSource.COMPUTED

@@ -24,10 +24,17 @@ from services.scorer.errors import (
     UnknownDataset,
     UnknownSplit,
 )
+from services.scorer.features import FeaturesSource
 from services.scorer.results import ModelInfo, TemplateResult
 
 SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["ScorerService"].full_name
 _INVALID_ARGUMENT = 3  # google.rpc.Code
+_FEATURES_SOURCE = {
+    None: scorer_pb2.FEATURES_SOURCE_UNSPECIFIED,
+    FeaturesSource.COMPUTED: scorer_pb2.FEATURES_SOURCE_COMPUTED,
+    FeaturesSource.CACHE: scorer_pb2.FEATURES_SOURCE_CACHE,
+    FeaturesSource.PROVIDED: scorer_pb2.FEATURES_SOURCE_PROVIDED,
+}
 
 T = TypeVar("T")
 
@@ -77,7 +84,12 @@ def dataset_message(d: FewShotSet) -> scorer_pb2.Dataset:
     return scorer_pb2.Dataset(
         id=d.id,
         class_names=d.class_names,
-        splits=[scorer_pb2.SplitInfo(name=n, num_images=len(s)) for n, s in sorted(d.splits.items())],
+        splits=[
+            scorer_pb2.SplitInfo(
+                name=n, num_images=len(s), features_source=_FEATURES_SOURCE[s.features_source]
+            )
+            for n, s in sorted(d.splits.items())
+        ],
         source=d.source,
         ready=d.ready,
     )

@@ -127,6 +127,20 @@ def test_demo_prints_the_table_of_its_export_and_reuses_features(tmp_path: Path)
     assert len(cached) == 3 and feature_files(state) == cached  # read, not rewritten
 
 
+def test_features_status_reads_the_sources_listdatasets_reports() -> None:
+    from promptclimb.api.v1 import scorer_pb2
+    from promptclimb.demo.command import features_status
+
+    def dataset(*sources: int) -> scorer_pb2.Dataset:
+        splits = [scorer_pb2.SplitInfo(name=f"s{i}", features_source=v) for i, v in enumerate(sources)]
+        return scorer_pb2.Dataset(id="fashion", splits=splits)
+
+    computed, cache = scorer_pb2.FEATURES_SOURCE_COMPUTED, scorer_pb2.FEATURES_SOURCE_CACHE
+    assert features_status([dataset(computed, computed)]) == "computed and cached (2 splits)"
+    assert features_status([dataset(cache, cache, cache)]) == "reused from cache (3 splits)"
+    assert features_status([dataset(cache, computed, computed)]) == "1 splits from cache, 2 computed"
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below ``pid`` (from /proc)."""
     parents: dict[int, int] = {}

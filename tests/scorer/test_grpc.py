@@ -12,6 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from promptclimb.api.v1 import scorer_pb2, scorer_pb2_grpc
+from promptclimb.client import ScorerClient
 from promptclimb.common.errors import retry_delay_of
 from promptclimb.common.server import ServiceServer
 from services.scorer.datasets import parse_dataset_spec
@@ -164,4 +165,37 @@ async def test_register_roots_and_dataset_limit(tiny_model: Path, images: Path, 
             assert [d.id for d in listed.datasets] == ["pics"]
     finally:
         await engine.close()
+        await server.stop(0)
+
+
+async def test_list_datasets_tells_computed_features_from_cached_ones(running: Running, images: Path) -> None:
+    """A split's features are COMPUTED on first registration and read from the CACHE on a restart."""
+    await asyncio.to_thread(running.engine.load_model)
+    folder = scorer_pb2.RegisterDatasetRequest(
+        id="pics", image_folder=scorer_pb2.ImageFolderSource(path=str(images))
+    )
+    await running.stub.RegisterDataset(folder)
+    listed = await running.stub.ListDatasets(scorer_pb2.ListDatasetsRequest())
+    first = {s.name: s.features_source for s in listed.datasets[0].splits}
+    assert first and set(first.values()) == {scorer_pb2.FEATURES_SOURCE_COMPUTED}
+
+    # A second scorer process on the same cache folder: the same splits, now read from disk.
+    restarted = ScoringEngine(running.engine.settings)
+    server = build_server(restarted.settings, restarted)
+    port = await server.start()
+    try:
+        await asyncio.to_thread(restarted.load_model)
+        async with ScorerClient(f"127.0.0.1:{port}", timeout=60) as client:
+            again = await client.register_dataset("pics", image_folder=str(images))
+            assert {s.name for s in again.splits} == set(first)
+            (listed_again,) = await client.list_datasets()
+            assert {s.features_source for s in listed_again.splits} == {scorer_pb2.FEATURES_SOURCE_CACHE}
+            # The same client scores through the restarted scorer.
+            assert (await client.model_info()).embed_dim == restarted.model_info().embed_dim
+            scored = await client.evaluate("pics", "test", ["a {}", "{}!"])
+            assert [s.total for s in scored.scores] == [20, 20]
+            ensemble = await client.evaluate_ensemble("pics", "test", ["a {}", "{}!"])
+            assert ensemble.score.total == 20
+    finally:
+        await restarted.close()
         await server.stop(0)

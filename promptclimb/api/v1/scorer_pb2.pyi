@@ -1,10 +1,22 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class FeaturesSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FEATURES_SOURCE_UNSPECIFIED: _ClassVar[FeaturesSource]
+    FEATURES_SOURCE_COMPUTED: _ClassVar[FeaturesSource]
+    FEATURES_SOURCE_CACHE: _ClassVar[FeaturesSource]
+    FEATURES_SOURCE_PROVIDED: _ClassVar[FeaturesSource]
+FEATURES_SOURCE_UNSPECIFIED: FeaturesSource
+FEATURES_SOURCE_COMPUTED: FeaturesSource
+FEATURES_SOURCE_CACHE: FeaturesSource
+FEATURES_SOURCE_PROVIDED: FeaturesSource
 
 class EvaluatePromptsRequest(_message.Message):
     __slots__ = ("dataset", "split", "templates", "per_class")
@@ -79,12 +91,14 @@ class ListDatasetsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SplitInfo(_message.Message):
-    __slots__ = ("name", "num_images")
+    __slots__ = ("name", "num_images", "features_source")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_SOURCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     num_images: int
-    def __init__(self, name: _Optional[str] = ..., num_images: _Optional[int] = ...) -> None: ...
+    features_source: FeaturesSource
+    def __init__(self, name: _Optional[str] = ..., num_images: _Optional[int] = ..., features_source: _Optional[_Union[FeaturesSource, str]] = ...) -> None: ...
 
 class Dataset(_message.Message):
     __slots__ = ("id", "class_names", "splits", "source", "ready")
