@@ -37,7 +37,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from promptclimb.api.v1 import coordinator_pb2, coordinator_pb2_grpc, scorer_pb2, scorer_pb2_grpc
 from promptclimb.common.channels import open_channel
-from promptclimb.common.vocabulary import STATE_TO_PROTO, STRATEGY_TO_PROTO, TERMINAL_PROTO_STATES
+from promptclimb.common.vocabulary import (
+    OBJECTIVE_TO_PROTO,
+    STATE_TO_PROTO,
+    STRATEGY_TO_PROTO,
+    TERMINAL_PROTO_STATES,
+    Objective,
+)
 
 # CLI and client names (lower case) to proto values, from the shared vocabulary.
 STRATEGIES = {s.value: v for s, v in STRATEGY_TO_PROTO.items()}
@@ -70,6 +76,8 @@ def make_spec(
     display_name: str = "",
     patience: int = 0,
     min_delta: float = 0.0,
+    objective: str | None = None,
+    objective_weight: float | None = None,
 ) -> coordinator_pb2.SearchSpec:
     """A ``SearchSpec`` from keyword arguments; 0 / empty leave the server's default."""
     spec = coordinator_pb2.SearchSpec(
@@ -88,6 +96,8 @@ def make_spec(
         display_name=display_name,
         patience=patience,
         min_delta=min_delta,
+        objective=OBJECTIVE_TO_PROTO[Objective(objective)] if objective else None,
+        objective_weight=objective_weight,
         budget=coordinator_pb2.Budget(
             max_llm_calls=max_llm_calls,
             max_tokens=max_tokens,

@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from promptclimb.common.vocabulary import DEFAULT_STRATEGY, LifecycleState, Strategy, state_name
+from promptclimb.common.vocabulary import (
+    DEFAULT_OBJECTIVE,
+    DEFAULT_STRATEGY,
+    LifecycleState,
+    Objective,
+    Strategy,
+    state_name,
+)
 
 DEFAULT_COORDINATOR = os.environ.get("PROMPTCLIMB_COORDINATOR_TARGET", "127.0.0.1:50050")
 
@@ -50,6 +57,14 @@ def add_parsers(commands: Any, services: Any) -> None:
     )
     start.add_argument(
         "--min-delta", type=float, default=0.0, help="accuracy gain that counts as a new best (e.g. 0.01)"
+    )
+    start.add_argument(
+        "--objective",
+        choices=[o.value for o in Objective],
+        help=f"how the best template is picked (default {DEFAULT_OBJECTIVE.value})",
+    )
+    start.add_argument(
+        "--objective-weight", type=float, help="blended: accuracy - WEIGHT x cross-entropy (default 0.05)"
     )
     start.add_argument("--name", dest="display_name", default="")
     start.add_argument("--request-id", help="idempotency key (a retried start returns the same search)")
@@ -127,6 +142,8 @@ def _search_start(args: argparse.Namespace) -> int:
         ensemble_k=args.ensemble_k,
         patience=args.patience,
         min_delta=args.min_delta,
+        objective=args.objective,
+        objective_weight=args.objective_weight,
         display_name=args.display_name,
     )
 

@@ -56,6 +56,15 @@ class SearchEvent(StrEnum):
     NEW_BEST = "new_best"
 
 
+class Objective(StrEnum):
+    """How the search picks its best template from the selection-split scores."""
+
+    ACCURACY = "accuracy"  # the paper: highest accuracy, ties to the earliest
+    ACCURACY_THEN_LOSS = "accuracy_then_loss"  # ties to the lower zero-shot cross-entropy
+    BLENDED = "blended"  # accuracy - weight x cross-entropy, one fitness (as ProAPO blends them)
+
+
+DEFAULT_OBJECTIVE = Objective.ACCURACY_THEN_LOSS
 DEFAULT_STRATEGY = Strategy.CONTRAST
 # Defaults of the proposal knobs when a request leaves them unset (the coordinator and the
 # optimizer apply the same ones; explicit 0 for worst_k means "no bad examples").
@@ -82,6 +91,11 @@ EVENT_TO_PROTO: dict[SearchEvent, coordinator_pb2.SearchEventType] = {
     )
     for e in SearchEvent
 }
+OBJECTIVE_TO_PROTO: dict[Objective, coordinator_pb2.Objective] = {
+    o: cast(coordinator_pb2.Objective, coordinator_pb2.Objective.Value(f"OBJECTIVE_{o.name}"))
+    for o in Objective
+}
+OBJECTIVE_FROM_PROTO: dict[int, Objective] = {v: k for k, v in OBJECTIVE_TO_PROTO.items()}
 TERMINAL_PROTO_STATES = frozenset(STATE_TO_PROTO[s] for s in LifecycleState if s.terminal)
 
 

@@ -9,9 +9,12 @@ from promptclimb.api.v1 import common_pb2, coordinator_pb2
 from promptclimb.common.errors import ServiceError
 from promptclimb.common.vocabulary import (
     DEFAULT_BEST_K,
+    DEFAULT_OBJECTIVE,
     DEFAULT_STRATEGY,
     DEFAULT_WORST_K,
     EVENT_TO_PROTO,
+    OBJECTIVE_FROM_PROTO,
+    OBJECTIVE_TO_PROTO,
     PHASE_TO_PROTO,
     STATE_FROM_PROTO,
     STATE_TO_PROTO,
@@ -22,7 +25,7 @@ from promptclimb.common.vocabulary import (
     SearchEvent,
 )
 from services.coordinator.pools import NAMED_POOLS
-from services.coordinator.search import Budget, ScoredTemplate, SearchConfig
+from services.coordinator.search import DEFAULT_OBJECTIVE_WEIGHT, Budget, ScoredTemplate, SearchConfig
 from services.coordinator.store import SearchRecord
 
 __all__ = ["EVENT_TO_PROTO", "STATE_FROM_PROTO", "STRATEGY_TO_PROTO", "SearchEvent"]
@@ -58,6 +61,10 @@ def config_from_spec(spec: coordinator_pb2.SearchSpec) -> SearchConfig:
         bad.append(("spec.templates_per_iteration", "at most 100"))
     if spec.HasField("temperature") and not 0.0 <= spec.temperature <= 2.0:
         bad.append(("spec.temperature", "must be in [0, 2]"))
+    if spec.objective != coordinator_pb2.OBJECTIVE_UNSPECIFIED and spec.objective not in OBJECTIVE_FROM_PROTO:
+        bad.append(("spec.objective", "unknown objective"))
+    if spec.HasField("objective_weight") and not 0.0 <= spec.objective_weight <= 100.0:
+        bad.append(("spec.objective_weight", "must be in [0, 100]"))
     if spec.patience < 0:
         bad.append(("spec.patience", "must not be negative"))
     if not 0.0 <= spec.min_delta < 1.0:
@@ -139,6 +146,10 @@ def config_from_spec(spec: coordinator_pb2.SearchSpec) -> SearchConfig:
         display_name=spec.display_name,
         patience=spec.patience,
         min_delta=spec.min_delta,
+        objective=OBJECTIVE_FROM_PROTO.get(spec.objective, DEFAULT_OBJECTIVE),
+        objective_weight=spec.objective_weight
+        if spec.HasField("objective_weight")
+        else DEFAULT_OBJECTIVE_WEIGHT,
     )
 
 
@@ -160,6 +171,8 @@ def spec_from_config(c: SearchConfig) -> coordinator_pb2.SearchSpec:
         display_name=c.display_name,
         patience=c.patience,
         min_delta=c.min_delta,
+        objective=OBJECTIVE_TO_PROTO[c.objective],
+        objective_weight=c.objective_weight,
         budget=coordinator_pb2.Budget(
             max_llm_calls=c.budget.max_llm_calls,
             max_tokens=c.budget.max_tokens,

@@ -30,9 +30,21 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from promptclimb.common.ranking import rank_key
-from promptclimb.common.vocabulary import Phase, Strategy
+from promptclimb.common.vocabulary import Objective, Phase, Strategy
 
-__all__ = ["Phase", "Strategy"]  # re-exported: the search's vocabulary is the shared one
+__all__ = ["Objective", "Phase", "Strategy"]  # re-exported: the search's vocabulary is the shared one
+
+DEFAULT_OBJECTIVE_WEIGHT = 0.05  # blended fitness: 1 nat of cross-entropy is worth 5 accuracy points
+
+
+def objective_key(t: ScoredTemplate, objective: Objective, weight: float) -> tuple[float, ...]:
+    """Sort key, best first, of a scored template under ``objective`` (earlier wins what ties remain)."""
+    if objective is Objective.ACCURACY:
+        return (-t.accuracy,)
+    if objective is Objective.BLENDED:
+        # A score without a loss (from a scorer that sends none) competes on its accuracy alone.
+        return (-(t.accuracy - weight * (t.loss or 0.0)),)
+    return t.rank_key()
 
 
 class SearchFailed(Exception):
@@ -84,11 +96,14 @@ class SearchConfig:
     display_name: str = ""
     patience: int = 0  # stop after this many iterations without a new best; 0 = never
     min_delta: float = 0.0  # a new best must beat the old one by more than this (accuracy fraction)
+    objective: Objective = Objective.ACCURACY_THEN_LOSS  # how the best template is picked
+    objective_weight: float = DEFAULT_OBJECTIVE_WEIGHT  # BLENDED: accuracy - weight x loss
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (stored with the search)."""
         d = asdict(self)
         d["strategy"] = self.strategy.value
+        d["objective"] = self.objective.value
         d["user_templates"] = list(self.user_templates)
         return d
 
@@ -97,6 +112,7 @@ class SearchConfig:
         """Inverse of :meth:`to_json`."""
         d = dict(d)
         d["strategy"] = Strategy(d["strategy"])
+        d["objective"] = Objective(d.get("objective", Objective.ACCURACY_THEN_LOSS))
         d["user_templates"] = tuple(d.get("user_templates", ()))
         d["budget"] = Budget(**d.get("budget", {}))
         return cls(**d)
@@ -253,7 +269,11 @@ class SearchState:
 
     def top(self, k: int) -> list[ScoredTemplate]:
         """The k best templates, best first (ties: lower loss, then earliest first)."""
-        order = sorted(enumerate(self.history), key=lambda p: (*p[1].rank_key(), p[0]))
+        cfg = self.config
+        order = sorted(
+            enumerate(self.history),
+            key=lambda p: (*objective_key(p[1], cfg.objective, cfg.objective_weight), p[0]),
+        )
         return [t for _, t in order[:k]]
 
     def known(self) -> set[str]:

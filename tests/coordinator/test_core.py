@@ -234,3 +234,43 @@ def test_a_database_from_before_the_loss_column_is_upgraded_in_place(tmp_path: P
     got = upgraded.get(record.id, with_history=True)
     assert got is not None and [t.loss for t in got.history] == [None, 0.25]
     upgraded.close()
+
+
+def test_each_objective_picks_its_own_best() -> None:
+    from services.coordinator.search import Objective, ScoredTemplate
+
+    def scored(template: str, accuracy: float, loss: float | None) -> ScoredTemplate:
+        return ScoredTemplate(template, accuracy, int(accuracy * 10), 10, 0, 0, "pool", loss)
+
+    history = [
+        scored("a {} first.", 0.8, 1.9),  # earliest of the two at 80%
+        scored("a {} sure.", 0.8, 0.6),  # same accuracy, far lower cross-entropy
+        scored("a {} lucky.", 0.9, 3.5),  # one image more, but CLIP is unsure of all of them
+    ]
+    picks = {}
+    for objective in Objective:
+        state = SearchState(SearchConfig(dataset="d", objective=objective, objective_weight=0.05))
+        state.history = list(history)
+        picks[objective] = state.best.template if state.best else None
+    assert picks == {
+        Objective.ACCURACY: "a {} lucky.",
+        Objective.ACCURACY_THEN_LOSS: "a {} lucky.",
+        # 0.9 - 0.05 x 3.5 = 0.725 < 0.8 - 0.05 x 0.6 = 0.77
+        Objective.BLENDED: "a {} sure.",
+    }
+    history[2] = scored("a {} lucky.", 0.8, 3.5)  # now three-way tie on accuracy
+    for objective, expected in (
+        (Objective.ACCURACY, "a {} first."),  # the paper: ties to the earliest
+        (Objective.ACCURACY_THEN_LOSS, "a {} sure."),
+    ):
+        state = SearchState(SearchConfig(dataset="d", objective=objective))
+        state.history = list(history)
+        assert state.best is not None and state.best.template == expected
+
+
+def test_stored_configs_without_an_objective_load_with_the_default() -> None:
+    from services.coordinator.search import Objective
+
+    stored = SearchConfig(dataset="d").to_json()
+    del stored["objective"], stored["objective_weight"]
+    assert SearchConfig.from_json(stored).objective is Objective.ACCURACY_THEN_LOSS
