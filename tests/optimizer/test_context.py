@@ -142,3 +142,25 @@ async def test_the_endpoint_tokenizer_is_used_where_it_answers_and_estimates_els
         assert await EndpointCounter(backend).count(messages) == estimate_tokens(messages)
         assert backend._tokenizer == "none"  # asked once, remembered
         await backend.close()
+
+
+async def test_a_reply_cut_by_a_full_window_teaches_the_window_and_is_asked_again() -> None:
+    # llama-cpp-python takes a prompt that leaves too little room and cuts the reply where its
+    # 2,048-token window ends (finish_reason "length" long before max_tokens).
+    cut = Reply(content='{"templates": [', finish_reason="length", prompt_tokens=2044, completion_tokens=4)
+    with FakeOpenAI(replies=[cut]) as fake:
+        fake.default = lambda _body: json.dumps({"templates": ["a studio photo of the {}."]})
+        backend = ChatBackend(
+            BackendConfig(model="fake", base_url=fake.base_url, structured_output="off", **TINY_BACKOFF)
+        )
+        window = ContextWindow(tokens=8192, completion_tokens=512)
+        optimizer = Optimizer(backend, window=window, counter=EndpointCounter(backend))
+        request = make_request(Strategy.CONTRAST, history=long_history(200), best_k=50, worst_k=50)
+        proposal = await optimizer.propose(request)
+        await backend.close()
+    assert proposal.templates == ["a studio photo of the {}."]
+    assert window.tokens == 2048
+    chats = [r for r in fake.requests if "messages" in r]
+    assert len(chats) == 2 and len(json.dumps(chats[1]["messages"])) < len(json.dumps(chats[0]["messages"]))
+    assert proposal.usage.llm_calls == 2  # the cut reply was spent too
+    assert proposal.usage.prompt_tokens == 2044 + 11

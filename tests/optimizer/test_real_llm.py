@@ -60,6 +60,7 @@ async def test_each_strategy_through_grpc_against_the_real_model(
         "multiple_slots",
         "too_long",
         "duplicate",
+        "markup",
     }
     assert response.usage.llm_calls == 1
     assert response.usage.prompt_tokens > 0 and response.usage.completion_tokens > 0
@@ -89,3 +90,46 @@ def test_cli_serves_the_real_model(llama: LlamaServer) -> None:
     finally:
         code = served.stop()
     assert code == 0
+
+
+async def test_the_papers_conversation_fits_a_2048_token_window(llama: LlamaServer, start_server) -> None:
+    """15 best / 15 worst and 5 templates per call, turn after turn, at llama.cpp's 2,048 tokens.
+
+    Unfitted, this chat passes 2,048 tokens within a few turns and the endpoint refuses it (the
+    searches it belonged to used to end FAILED). Fitted, every call is answered; the chat the
+    optimizer hands back is trimmed once it would not fit. The window is not configured here: the
+    server's first cut reply names it.
+    """
+    assert llama.n_ctx == 2048
+    stub, _channel, _server = await start_server(
+        llm_base_url=llama.base_url, llm_model="smollm2-135m", **LLM_SETTINGS
+    )
+    filler = "a studio photo with soft light and a plain background of"
+    history = [
+        common_pb2.ScoredTemplate(template=f"{filler} the {{}}, take {i}.", accuracy=0.2 + 0.01 * i)
+        for i in range(40)
+    ]
+    conversation: list[common_pb2.ChatMessage] = []
+    lengths: list[int] = []
+    calls: list[int] = []
+    for turn in range(9):
+        request = proto_request(
+            common_pb2.STRATEGY_CONVERSATION, seed=turn, best_k=15, worst_k=15, num_templates=5
+        )
+        del request.history[:]
+        request.history.extend(history)
+        request.conversation.extend(conversation)
+        response = await stub.ProposePrompts(request, timeout=300)
+        calls.append(response.usage.llm_calls)
+        conversation = list(response.conversation)
+        lengths.append(len(conversation))
+        history.extend(
+            common_pb2.ScoredTemplate(template=f"{filler} the {{}}, turn {turn} #{j}.", accuracy=0.1)
+            for j in range(5)
+        )
+    # Without trimming the chat would grow 3, 5, 7, ... 19 messages (past 2,048 tokens by turn 7).
+    untrimmed = [3 + 2 * turn for turn in range(9)]
+    assert lengths != untrimmed, lengths
+    assert lengths[-1] < untrimmed[-1]
+    # llama-cpp-python reports no window; the one reply it cut at 2,048 tokens taught it, once.
+    assert sum(calls) <= len(calls) + 1, calls
