@@ -397,6 +397,8 @@ def _demo(args: argparse.Namespace) -> int:
             # A weak model may ramble; short replies keep each call to seconds on a CPU.
             os.environ.setdefault("PROMPTCLIMB_OPTIMIZER_MAX_TOKENS", "256")
             os.environ.setdefault("PROMPTCLIMB_OPTIMIZER_TIMEOUT_SECONDS", "180")
+            # llama-cpp-python does not report its window; the optimizer fits every request to it.
+            os.environ.setdefault("PROMPTCLIMB_OPTIMIZER_LLM_CONTEXT_TOKENS", str(llm_server.n_ctx))
         console.print(f"LLM: {endpoint.describe()}")
 
         log_path = state / "logs" / "services.log"
