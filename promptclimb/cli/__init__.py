@@ -18,7 +18,7 @@ COMMAND_MODULES = [
     "promptclimb.cli.up",  # up
     "promptclimb.cli.search",  # search, eval
     "promptclimb.bench.scorer",  # bench scorer, bench concurrency
-    "promptclimb.reproduce",  # reproduce
+    "promptclimb.reproduce.command",  # reproduce
     "promptclimb.demo.command",  # demo
 ]
 

@@ -8,16 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from promptclimb.reproduce import (
-    PROFILES,
-    Cell,
-    ReproduceError,
-    ResultsStore,
-    discover,
-    results_rows,
-    transfer_rows,
-    write_tables,
-)
+from promptclimb.reproduce.catalogue import ReproduceError, discover
+from promptclimb.reproduce.cells import Cell, ResultsStore
+from promptclimb.reproduce.profiles import PROFILES
+from promptclimb.reproduce.tables import results_rows, transfer_rows, write_tables
 from services.scorer.datasets import load_coop
 from tests.reproduce.conftest import make_coop_dataset
 

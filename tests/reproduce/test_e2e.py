@@ -22,7 +22,9 @@ import pytest
 from promptclimb.api.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb.client import CoordinatorClient
 from promptclimb.common.channels import open_channel
-from promptclimb.reproduce import Endpoints, start_services, stop_services
+from promptclimb.local import stop_services
+from promptclimb.reproduce.driver import Endpoints
+from promptclimb.reproduce.local_services import start_services
 from promptclimb.testing.fake_openai import FakeOpenAI
 from promptclimb.testing.tiny_clip import make_tiny_model_dir
 from tests.reproduce.conftest import make_coop_dataset
