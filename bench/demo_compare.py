@@ -7,7 +7,8 @@ images per class; the 1,000-image test split is shared), this runs
     with the local SmolLM2 or a configured endpoint, coordinator), with the demo's settings;
 (b) a no-LLM baseline: the same hill climb (the coordinator's own :class:`HillClimb`, in process)
     against the same scorer service, whose proposer makes random word edits (swap, insert,
-    delete, replace, with words drawn from the pool) of the current best templates. Its budget of
+    delete, replace, with words drawn from the pool and the task description) of the current best
+    templates -- the optimizer's ``edit`` strategy (:mod:`services.optimizer.edits`). Its budget of
     template evaluations is exactly what (a) spent on the same seed, so neither gets more tries.
 
 and prints, per seed and on average, the test accuracy of the plain prompt, of (a)'s found
@@ -50,41 +51,14 @@ from services.coordinator.search import (
     SearchState,
     Strategy,
 )
+from services.optimizer.edits import edit_children, vocabulary
 
 # ---- the no-LLM proposer -----------------------------------------------------------------------
 
-SLOT = "{}"
-
-
-def _words(template: str) -> list[str]:
-    return template.split()
-
-
-def vocabulary(templates: Sequence[str]) -> list[str]:
-    """Words of the pool without punctuation and never the slot (sorted, so a seed reproduces)."""
-    out = {w.strip(".,;:!?\"'") for t in templates for w in _words(t) if SLOT not in w}
-    return sorted(w for w in out if w)
-
-
-def random_edit(template: str, vocab: Sequence[str], rng: random.Random) -> str:
-    """One random word edit of ``template``; the word holding the slot is never deleted or replaced."""
-    words = _words(template)
-    free = [i for i, w in enumerate(words) if SLOT not in w]
-    op = rng.choice(("swap", "insert", "delete", "replace"))
-    if op == "swap" and len(words) > 1:
-        i = rng.randrange(len(words) - 1)
-        words[i], words[i + 1] = words[i + 1], words[i]
-    elif op == "insert" and vocab:
-        words.insert(rng.randrange(len(words) + 1), rng.choice(vocab))
-    elif op == "delete" and free:
-        del words[rng.choice(free)]
-    elif op == "replace" and free and vocab:
-        words[rng.choice(free)] = rng.choice(vocab)
-    return " ".join(words)
-
 
 class RandomEditProposer:
-    """A :class:`~services.coordinator.search.TemplateProposer` with no LLM: random edits of the best."""
+    """A :class:`~services.coordinator.search.TemplateProposer` with no LLM: the optimizer's ``edit``
+    strategy (:mod:`services.optimizer.edits`), in process, with one random stream for the run."""
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
@@ -93,16 +67,12 @@ class RandomEditProposer:
         """``num_templates`` new templates, each one edit of one of the ``best_k`` best."""
         history = list(request.history)
         best = sorted(history, key=lambda t: t.rank_key())[: max(1, request.best_k)]  # as the search ranks
-        vocab = vocabulary([t.template for t in history])
-        known = {t.template for t in history}
-        out: list[str] = []
-        for _ in range(200 * request.num_templates):
-            if len(out) == request.num_templates or not best:
-                break
-            child = random_edit(self.rng.choice(best).template, vocab, self.rng)
-            if child.count(SLOT) == 1 and child not in known and child not in out:
-                out.append(child)
-        return Proposal(templates=tuple(out), llm_calls=0)
+        vocab = vocabulary([t.template for t in history], request.task_description)
+        known = [t.template for t in history]
+        templates = edit_children(
+            [t.template for t in best], request.num_templates, vocab, self.rng, known=known
+        )
+        return Proposal(templates=tuple(templates), llm_calls=0)
 
 
 class MemoryJournal:

@@ -14,11 +14,13 @@ from promptclimb.api.v1 import common_pb2, coordinator_pb2
 
 
 class Strategy(StrEnum):
-    """How the optimizer asks the LLM for templates."""
+    """How the optimizer proposes templates: a way of asking the LLM, or a baseline without one."""
 
     CONVERSATION = "conversation"  # the paper's multi-turn chat with numeric feedback
     CONTRAST = "contrast"  # single turn, best-k and worst-k (the released code)
     TRAJECTORY = "trajectory"  # OPRO-style: the scored history in ascending order
+    EDIT = "edit"  # no LLM: random word edits of the best templates (the baseline)
+    EVOLVE = "evolve"  # EvoPrompt-style: tournament-selected parents, the LLM crosses and mutates
 
 
 class LifecycleState(StrEnum):

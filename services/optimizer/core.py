@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Protocol
 
 from services.optimizer import metrics
@@ -18,7 +19,7 @@ from services.optimizer.domain import (
     validate,
 )
 from services.optimizer.parsing import DEFAULT_MAX_CHARS, parse_reply
-from services.optimizer.strategies import STRATEGIES, ProposalStrategy
+from services.optimizer.strategies import STRATEGIES, LocalStrategy, ProposalStrategy
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class Optimizer:
         *,
         default_temperature: float = 1.0,
         max_template_chars: int = DEFAULT_MAX_CHARS,
-        strategies: dict[Strategy, ProposalStrategy] | None = None,
+        strategies: dict[Strategy, ProposalStrategy | LocalStrategy] | None = None,
         window: ContextWindow | None = None,
         counter: TokenCounter | None = None,
     ) -> None:
@@ -58,13 +59,15 @@ class Optimizer:
         self.counter = counter
 
     async def propose(self, request: ProposalRequest) -> Proposal:
-        """Ask the LLM for ``request.num_templates`` new templates.
+        """Ask the LLM (or a strategy without one) for ``request.num_templates`` new templates.
 
         Raises :class:`~.domain.InvalidRequest` for a bad request and the backend's
         :class:`~.domain.OptimizerError` subclasses when the LLM cannot answer.
         """
         validate(request)
         strategy = self.strategies[request.strategy]
+        if isinstance(strategy, LocalStrategy):
+            return self._propose_locally(strategy, request)
         temperature = self.default_temperature if request.temperature is None else request.temperature
         scale = 1.0  # the endpoint's tokens per counted token, once a rejection told us
         wasted = Usage()  # replies cut by a full window: asked again, but spent all the same
@@ -124,6 +127,24 @@ class Optimizer:
             model=completion.model,
             latency_seconds=completion.latency_seconds,
             structured=completion.structured,
+        )
+
+    def _propose_locally(self, strategy: LocalStrategy, request: ProposalRequest) -> Proposal:
+        """A strategy with no LLM: its templates, no conversation, zero usage."""
+        started = time.perf_counter()
+        templates = strategy.templates(request, max_chars=self.max_template_chars)
+        metrics.record_proposals(len(templates), [])
+        log.info(
+            "proposed", extra={"strategy": request.strategy.value, "accepted": len(templates), "rejected": 0}
+        )
+        return Proposal(
+            templates=templates,
+            rejected=[],
+            conversation=[],
+            usage=Usage(),
+            model="",
+            latency_seconds=time.perf_counter() - started,
+            structured=False,
         )
 
     def _cut_by_a_full_window(self, completion: Completion) -> bool:

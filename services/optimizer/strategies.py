@@ -1,16 +1,19 @@
-"""Meta-prompt strategies: how the scored history is shown to the LLM.
+"""Meta-prompt strategies: how the scored history is shown to the LLM (and the baseline without one).
 
 Each strategy is a small object with one method that turns a :class:`ProposalRequest` into the chat
 messages sent to the model. All the wording lives in this file, one block per strategy, so it
-can be read (and changed) in one place; tests pin the exact messages.
+can be read (and changed) in one place; tests pin the exact messages. A strategy with no LLM
+(``edit``) has a ``templates`` method instead and the optimizer calls that.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import random
+from typing import Protocol, runtime_checkable
 
 from promptclimb.common.ranking import rank_key
-from services.optimizer.domain import ChatMessage, ProposalRequest, ScoredTemplate, Strategy
+from services.optimizer.domain import ChatMessage, InvalidRequest, ProposalRequest, ScoredTemplate, Strategy
+from services.optimizer.edits import edit_children, vocabulary
 from services.optimizer.parsing import dedupe_key, parse_reply
 
 # Class names shown as context; more would only lengthen the prompt.
@@ -33,6 +36,17 @@ class ProposalStrategy(Protocol):
 
     def messages(self, request: ProposalRequest) -> list[ChatMessage]:
         """The full list of messages to send, system message first."""
+        ...
+
+
+@runtime_checkable
+class LocalStrategy(Protocol):
+    """Proposes templates itself, with no LLM: no messages, no tokens, no HTTP call."""
+
+    name: Strategy
+
+    def templates(self, request: ProposalRequest, *, max_chars: int) -> list[str]:
+        """``request.num_templates`` new templates at most, none in the history."""
         ...
 
 
@@ -257,4 +271,90 @@ class Conversation:
         return "\n".join(lines)
 
 
-STRATEGIES: dict[Strategy, ProposalStrategy] = {s.name: s for s in (Conversation(), Contrast(), Trajectory())}
+# --- evolve: EvoPrompt-style crossover and mutation ------------------------------------------------
+
+# EvoPrompt's population: the best this many templates of the history take part in selection.
+POPULATION = 10
+# Binary tournament: the better of two random members wins (so the worst member is never a parent).
+TOURNAMENT_SIZE = 2
+
+
+def tournament(population: list[ScoredTemplate], rng: random.Random) -> ScoredTemplate:
+    """The best of ``TOURNAMENT_SIZE`` distinct members drawn at random (ranked: best first)."""
+    drawn = rng.sample(range(len(population)), min(TOURNAMENT_SIZE, len(population)))
+    return population[min(drawn)]
+
+
+class Evolve:
+    """Single turn, EvoPrompt-style: two parents by tournament selection, the LLM crosses them over
+    and mutates the child. The tournament is seeded by ``request.seed``, so a replay shows the same
+    parents."""
+
+    name = Strategy.EVOLVE
+
+    def parents(self, request: ProposalRequest) -> list[ScoredTemplate]:
+        """Two distinct parents (one when the history holds one template), each a tournament winner."""
+        population = ranked(request.history)[:POPULATION]
+        rng = random.Random(request.seed)
+        first = tournament(population, rng)
+        rest = [s for s in population if s is not first]
+        return [first, tournament(rest, rng)] if rest else [first]
+
+    def messages(self, request: ProposalRequest) -> list[ChatMessage]:
+        """System message and one user turn with the parents and how to breed from them."""
+        if not request.history:
+            return starters(request)
+        parents = self.parents(request)
+        n = request.num_templates
+        lines = task_lines(request)
+        if len(parents) == 1:
+            lines += [
+                "A parent template, with the accuracy CLIP reached with it:",
+                f'Parent: "{parents[0].template}" ({percent(parents[0].accuracy)})',
+                "",
+                f"Write {n} child {'template' if n == 1 else 'templates'}, each a mutation of the parent: "
+                "change, add or drop a word or two, so that the child is likely to score higher.",
+            ]
+        else:
+            lines += ["Two parent templates, with the accuracy CLIP reached with them:"]
+            lines += [f'Parent {i}: "{p.template}" ({percent(p.accuracy)})' for i, p in enumerate(parents, 1)]
+            lines += [
+                "",
+                f"Write {n} child {'template' if n == 1 else 'templates'}. For each child, first cross the "
+                "parents over (combine parts of both into one template), then mutate the result (change, "
+                "add or drop a word or two), so that the child is likely to score higher than both parents.",
+            ]
+        lines.append(answer_format(n))
+        return [ChatMessage("system", SYSTEM_PROMPT), ChatMessage("user", "\n".join(lines))]
+
+
+# --- edit: the no-LLM baseline ---------------------------------------------------------------------
+
+
+class Edit:
+    """No LLM: random word edits (swap, insert, delete, replace) of the ``best_k`` best templates,
+    with words of the history and of the task description; seeded by ``request.seed``."""
+
+    name = Strategy.EDIT
+
+    def templates(self, request: ProposalRequest, *, max_chars: int) -> list[str]:
+        """New templates, each one edit of a best one; fewer when the edits run out of new ones."""
+        if not request.history:
+            raise InvalidRequest(
+                "history", "the edit strategy needs a scored history: it edits the best templates"
+            )
+        parents = [s.template for s in ranked(request.history)[: request.best_k]]
+        vocab = vocabulary((s.template for s in request.history), request.task_description)
+        return edit_children(
+            parents,
+            request.num_templates,
+            vocab,
+            random.Random(request.seed),
+            known=(s.template for s in request.history),
+            max_chars=max_chars,
+        )
+
+
+STRATEGIES: dict[Strategy, ProposalStrategy | LocalStrategy] = {
+    s.name: s for s in (Conversation(), Contrast(), Trajectory(), Evolve(), Edit())
+}

@@ -11,10 +11,14 @@ class Strategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STRATEGY_CONVERSATION: _ClassVar[Strategy]
     STRATEGY_CONTRAST: _ClassVar[Strategy]
     STRATEGY_TRAJECTORY: _ClassVar[Strategy]
+    STRATEGY_EDIT: _ClassVar[Strategy]
+    STRATEGY_EVOLVE: _ClassVar[Strategy]
 STRATEGY_UNSPECIFIED: Strategy
 STRATEGY_CONVERSATION: Strategy
 STRATEGY_CONTRAST: Strategy
 STRATEGY_TRAJECTORY: Strategy
+STRATEGY_EDIT: Strategy
+STRATEGY_EVOLVE: Strategy
 
 class ScoredTemplate(_message.Message):
     __slots__ = ("template", "accuracy", "correct", "total", "restart", "iteration", "origin", "loss")
