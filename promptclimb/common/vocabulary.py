@@ -21,6 +21,7 @@ class Strategy(StrEnum):
     TRAJECTORY = "trajectory"  # OPRO-style: the scored history in ascending order
     EDIT = "edit"  # no LLM: random word edits of the best templates (the baseline)
     EVOLVE = "evolve"  # EvoPrompt-style: tournament-selected parents, the LLM crosses and mutates
+    RELEASED = "released"  # what the paper's released code showed: two bare lists, nothing else
 
 
 class LifecycleState(StrEnum):

@@ -53,12 +53,14 @@ PROFILES: dict[str, Profile] = {
         temperature=1.0,
         pool="clip80",
     ),
-    # The released code: single turn, top-3 / bottom-3, one template per call, 10 iterations,
-    # temperature 1, starting from 80 templates.
+    # The released code: single turn, top-3 / bottom-3 as two bare lists (no accuracies, class
+    # names or system message), one template asked per call (every valid one of a reply scored),
+    # 10 iterations, temperature 1, starting from 80 templates.
     "released": Profile(
         "released",
-        "single-turn contrast, 3 best / 3 worst, 1 per call, 10 iterations, temperature 1",
-        strategy="contrast",
+        "the released code's single turn: 3 best / 3 worst as bare lists, 1 per call, 10 iterations, "
+        "temperature 1",
+        strategy="released",
         best_k=3,
         worst_k=3,
         templates_per_iteration=1,

@@ -144,6 +144,29 @@ class Contrast:
         return [ChatMessage("system", SYSTEM_PROMPT), ChatMessage("user", "\n".join(lines))]
 
 
+class Released:
+    """What the released code showed: good and bad templates as two bare lists, one user turn.
+
+    No accuracies, no class names, no system message (our wording, the released code's content).
+    """
+
+    name = Strategy.RELEASED
+
+    def messages(self, request: ProposalRequest) -> list[ChatMessage]:
+        """One user turn: the good list, the bad list, the request."""
+        if not request.history:
+            return starters(request)
+        best, worst = best_and_worst(request)
+        lines = ["Below are prompt templates; {} marks where a class name goes.", "", "Good templates:"]
+        lines += [f'- "{s.template}"' for s in best]
+        if worst:
+            lines += ["", "Bad templates:", *(f'- "{s.template}"' for s in worst)]
+        noun = "template" if request.num_templates == 1 else f"{request.num_templates} templates"
+        lines += ["", f"Write a new {noun} like the good ones and unlike the bad ones."]
+        lines.append(answer_format(request.num_templates))
+        return [ChatMessage("user", "\n".join(lines))]
+
+
 # --- trajectory: OPRO-style ascending history ---------------------------------------------------
 
 
@@ -356,5 +379,5 @@ class Edit:
 
 
 STRATEGIES: dict[Strategy, ProposalStrategy | LocalStrategy] = {
-    s.name: s for s in (Conversation(), Contrast(), Trajectory(), Evolve(), Edit())
+    s.name: s for s in (Conversation(), Contrast(), Trajectory(), Evolve(), Edit(), Released())
 }

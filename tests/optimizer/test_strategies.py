@@ -146,3 +146,27 @@ def test_positive_only_contrast_differs_from_the_default_by_exactly_the_bad_bloc
         ChatMessage("system", SYSTEM_PROMPT),
         ChatMessage("user", CONTRAST.replace(bad_block, "")),
     ]
+
+
+def test_released_shows_two_bare_lists_and_nothing_else() -> None:
+    # What the paper's released code showed: no accuracies, no class names, no system message.
+    messages = STRATEGIES[Strategy.RELEASED].messages(make_request(Strategy.RELEASED, num_templates=1))
+    assert messages == [
+        ChatMessage(
+            "user",
+            "Below are prompt templates; {} marks where a class name goes.\n"
+            "\n"
+            "Good templates:\n"
+            '- "a close-up photo of the {}."\n'
+            '- "a photo of a {}."\n'
+            "\n"
+            "Bad templates:\n"
+            '- "a drawing of a {}."\n'
+            '- "a blurry photo of a {}."\n'
+            "\n"
+            "Write a new template like the good ones and unlike the bad ones.\n"
+            'Answer with a JSON object only, of the form {"templates": ["..."]}, holding exactly 1 new '
+            "template, each with {} exactly once where the class name goes.",
+        )
+    ]
+    assert "%" not in messages[0].content and "T-shirt" not in messages[0].content

@@ -13,12 +13,14 @@ class Strategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STRATEGY_TRAJECTORY: _ClassVar[Strategy]
     STRATEGY_EDIT: _ClassVar[Strategy]
     STRATEGY_EVOLVE: _ClassVar[Strategy]
+    STRATEGY_RELEASED: _ClassVar[Strategy]
 STRATEGY_UNSPECIFIED: Strategy
 STRATEGY_CONVERSATION: Strategy
 STRATEGY_CONTRAST: Strategy
 STRATEGY_TRAJECTORY: Strategy
 STRATEGY_EDIT: Strategy
 STRATEGY_EVOLVE: Strategy
+STRATEGY_RELEASED: Strategy
 
 class ScoredTemplate(_message.Message):
     __slots__ = ("template", "accuracy", "correct", "total", "restart", "iteration", "origin", "loss")
