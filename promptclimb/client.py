@@ -78,8 +78,14 @@ def make_spec(
     min_delta: float = 0.0,
     objective: str | None = None,
     objective_weight: float | None = None,
+    mix: list[str] | None = None,
+    mix_mode: str | None = None,
 ) -> coordinator_pb2.SearchSpec:
-    """A ``SearchSpec`` from keyword arguments; 0 / empty leave the server's default."""
+    """A ``SearchSpec`` from keyword arguments; 0 / empty leave the server's default.
+
+    ``mix``: strategy names that propose together (empty = just ``strategy``); ``mix_mode``:
+    ``"split"`` (the default: each its share of every iteration) or ``"bandit"`` (one per iteration).
+    """
     spec = coordinator_pb2.SearchSpec(
         dataset=dataset,
         selection_split=selection_split,
@@ -98,6 +104,8 @@ def make_spec(
         min_delta=min_delta,
         objective=OBJECTIVE_TO_PROTO[Objective(objective)] if objective else None,
         objective_weight=objective_weight,
+        mix=[STRATEGIES[s] for s in mix or ()],
+        mix_mode=coordinator_pb2.MixMode.Value(f"MIX_MODE_{mix_mode.upper()}") if mix_mode else None,
         budget=coordinator_pb2.Budget(
             max_llm_calls=max_llm_calls,
             max_tokens=max_tokens,

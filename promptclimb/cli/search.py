@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from promptclimb.api.v1 import coordinator_pb2
 from promptclimb.common.vocabulary import (
     DEFAULT_OBJECTIVE,
     DEFAULT_STRATEGY,
@@ -33,6 +34,28 @@ def add_parsers(commands: Any, services: Any) -> None:
     start.add_argument("--selection-split", default="")
     start.add_argument("--evaluation-split", default="")
     start.add_argument("--strategy", choices=[s.value for s in Strategy], default=DEFAULT_STRATEGY.value)
+
+    def strategy_list(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        unknown = [n for n in names if n not in {s.value for s in Strategy}]
+        if unknown:
+            known = ", ".join(s.value for s in Strategy)
+            raise argparse.ArgumentTypeError(f"unknown strategy {', '.join(unknown)} (choose from {known})")
+        return names
+
+    start.add_argument(
+        "--mix",
+        type=strategy_list,
+        action="extend",
+        help="strategies proposing together, repeatable or comma-separated (e.g. contrast,edit); "
+        "--strategy then only asks for --llm-starters",
+    )
+    start.add_argument(
+        "--mix-mode",
+        choices=[m.removeprefix("MIX_MODE_").lower() for m in coordinator_pb2.MixMode.keys()[1:]],
+        help="split (default): each strategy its share of every iteration; "
+        "bandit: one per iteration, by Thompson sampling of who made new bests",
+    )
     start.add_argument("--best-k", type=int, help="best templates shown to the LLM (default 3)")
     start.add_argument(
         "--worst-k", type=int, help="worst templates shown to the LLM (default 3; 0 = none, positive-only)"
@@ -144,6 +167,8 @@ def _search_start(args: argparse.Namespace) -> int:
         min_delta=args.min_delta,
         objective=args.objective,
         objective_weight=args.objective_weight,
+        mix=args.mix,
+        mix_mode=args.mix_mode,
         display_name=args.display_name,
     )
 

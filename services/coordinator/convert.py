@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 from google.protobuf import timestamp_pb2
 
@@ -25,12 +27,23 @@ from promptclimb.common.vocabulary import (
     SearchEvent,
 )
 from services.coordinator.pools import NAMED_POOLS
-from services.coordinator.search import DEFAULT_OBJECTIVE_WEIGHT, Budget, ScoredTemplate, SearchConfig
+from services.coordinator.search import (
+    DEFAULT_OBJECTIVE_WEIGHT,
+    NO_LLM_STRATEGIES,
+    Budget,
+    MixMode,
+    ScoredTemplate,
+    SearchConfig,
+)
 from services.coordinator.store import SearchRecord
 
 __all__ = ["EVENT_TO_PROTO", "STATE_FROM_PROTO", "STRATEGY_TO_PROTO", "SearchEvent"]
 MAX_TEMPLATE_CHARS = 1000
 NAME_PREFIX = "searches/"
+MIX_MODE_TO_PROTO: dict[MixMode, coordinator_pb2.MixMode] = {
+    m: cast(coordinator_pb2.MixMode, coordinator_pb2.MixMode.Value(f"MIX_MODE_{m.name}")) for m in MixMode
+}
+MIX_MODE_FROM_PROTO: dict[int, MixMode] = {v: k for k, v in MIX_MODE_TO_PROTO.items()}
 
 
 def config_from_spec(spec: coordinator_pb2.SearchSpec) -> SearchConfig:
@@ -82,6 +95,15 @@ def config_from_spec(spec: coordinator_pb2.SearchSpec) -> SearchConfig:
         )
     if spec.strategy != common_pb2.STRATEGY_UNSPECIFIED and spec.strategy not in STRATEGY_FROM_PROTO:
         bad.append(("spec.strategy", "unknown strategy"))
+    bad.extend(
+        (f"spec.mix[{i}]", "unknown strategy") for i, s in enumerate(spec.mix) if s not in STRATEGY_FROM_PROTO
+    )
+    if len(set(spec.mix)) != len(spec.mix):
+        bad.append(("spec.mix", "names a strategy more than once"))
+    if spec.mix_mode != coordinator_pb2.MIX_MODE_UNSPECIFIED and spec.mix_mode not in MIX_MODE_FROM_PROTO:
+        bad.append(("spec.mix_mode", "unknown mix mode"))
+    if spec.mix_mode == coordinator_pb2.MIX_MODE_BANDIT and len(spec.mix) < 2:
+        bad.append(("spec.mix", "the bandit chooses among the strategies of the mix: give at least two"))
     b = spec.budget
     for name in ("max_llm_calls", "max_tokens", "max_evaluations"):
         if getattr(b, name) < 0:
@@ -114,6 +136,10 @@ def config_from_spec(spec: coordinator_pb2.SearchSpec) -> SearchConfig:
         starters = pool.llm_starters
         if not 1 <= starters <= 100:
             bad.append(("spec.initial_pool.llm_starters", "must be in [1, 100]"))
+        if STRATEGY_FROM_PROTO.get(spec.strategy, DEFAULT_STRATEGY) in NO_LLM_STRATEGIES:
+            bad.append(
+                ("spec.initial_pool.llm_starters", "the strategy has no LLM to ask for starters: give a pool")
+            )
     if bad:
         raise ServiceError(
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -150,6 +176,8 @@ def config_from_spec(spec: coordinator_pb2.SearchSpec) -> SearchConfig:
         objective_weight=spec.objective_weight
         if spec.HasField("objective_weight")
         else DEFAULT_OBJECTIVE_WEIGHT,
+        mix=tuple(STRATEGY_FROM_PROTO[s] for s in spec.mix),
+        mix_mode=MIX_MODE_FROM_PROTO.get(spec.mix_mode, MixMode.SPLIT),
     )
 
 
@@ -173,6 +201,8 @@ def spec_from_config(c: SearchConfig) -> coordinator_pb2.SearchSpec:
         min_delta=c.min_delta,
         objective=OBJECTIVE_TO_PROTO[c.objective],
         objective_weight=c.objective_weight,
+        mix=[STRATEGY_TO_PROTO[s] for s in c.mix],
+        mix_mode=MIX_MODE_TO_PROTO[c.mix_mode],
         budget=coordinator_pb2.Budget(
             max_llm_calls=c.budget.max_llm_calls,
             max_tokens=c.budget.max_tokens,

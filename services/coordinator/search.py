@@ -19,20 +19,30 @@ Shape of a search::
 
 The pool is shared across restarts (the LLM always sees everything scored so far); a restart
 only resets the conversation, which is what keeps a long chat from drifting.
+
+Several strategies can propose in one search (``mix``): SPLIT asks each for its share of every
+iteration's templates; BANDIT asks one per iteration, chosen by Thompson sampling of how often its
+templates made a new best -- computed from the history and the iteration summaries with a seed
+fixed per (search seed, restart, iteration), so a replay makes the same choices.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 
 from promptclimb.common.ranking import rank_key
 from promptclimb.common.vocabulary import Objective, Phase, Strategy
 
 __all__ = ["Objective", "Phase", "Strategy"]  # re-exported: the search's vocabulary is the shared one
+
+# Strategies that never call the LLM: the LLM-call and token budgets do not stop them.
+NO_LLM_STRATEGIES = frozenset({Strategy.EDIT})
 
 DEFAULT_OBJECTIVE_WEIGHT = 0.05  # blended fitness: 1 nat of cross-entropy is worth 5 accuracy points
 
@@ -45,6 +55,13 @@ def objective_key(t: ScoredTemplate, objective: Objective, weight: float) -> tup
         # A score without a loss (from a scorer that sends none) competes on its accuracy alone.
         return (-(t.accuracy - weight * (t.loss or 0.0)),)
     return t.rank_key()
+
+
+class MixMode(StrEnum):
+    """How the strategies of a mix share a search's iterations."""
+
+    SPLIT = "split"  # every iteration, each strategy proposes its share of the templates
+    BANDIT = "bandit"  # every iteration, one strategy proposes them all (Thompson sampling)
 
 
 class SearchFailed(Exception):
@@ -98,11 +115,28 @@ class SearchConfig:
     min_delta: float = 0.0  # a new best must beat the old one by more than this (accuracy fraction)
     objective: Objective = Objective.ACCURACY_THEN_LOSS  # how the best template is picked
     objective_weight: float = DEFAULT_OBJECTIVE_WEIGHT  # BLENDED: accuracy - weight x loss
+    mix: tuple[Strategy, ...] = ()  # several proposing strategies; empty = just ``strategy``
+    mix_mode: MixMode = MixMode.SPLIT
+
+    @property
+    def proposers(self) -> tuple[Strategy, ...]:
+        """The strategies that propose in the loop: the mix, else the one strategy."""
+        return self.mix or (self.strategy,)
+
+    def origin(self, strategy: Strategy) -> str:
+        """What the history records as the origin of ``strategy``'s templates.
+
+        ``"llm"`` for a search with one LLM strategy (as it always was); the strategy's name in a
+        mix and for a strategy without an LLM.
+        """
+        return strategy.value if self.mix or strategy in NO_LLM_STRATEGIES else "llm"
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (stored with the search)."""
         d = asdict(self)
         d["strategy"] = self.strategy.value
+        d["mix"] = [s.value for s in self.mix]
+        d["mix_mode"] = self.mix_mode.value
         d["objective"] = self.objective.value
         d["user_templates"] = list(self.user_templates)
         return d
@@ -113,6 +147,8 @@ class SearchConfig:
         d = dict(d)
         d["strategy"] = Strategy(d["strategy"])
         d["objective"] = Objective(d.get("objective", Objective.ACCURACY_THEN_LOSS))
+        d["mix"] = tuple(Strategy(s) for s in d.get("mix", ()))  # configs stored before mixes: none
+        d["mix_mode"] = MixMode(d.get("mix_mode", MixMode.SPLIT))
         d["user_templates"] = tuple(d.get("user_templates", ()))
         d["budget"] = Budget(**d.get("budget", {}))
         return cls(**d)
@@ -140,7 +176,7 @@ class ScoredTemplate:
     total: int
     restart: int
     iteration: int
-    origin: str  # "pool", "user", "llm"
+    origin: str  # "pool", "user", "llm" (one LLM strategy), or the strategy's name ("edit", in a mix)
     loss: float | None = None  # breaks accuracy ties (lower wins); None when not recorded
 
     def rank_key(self) -> tuple[float, float]:
@@ -213,6 +249,7 @@ class IterationSummary:
     num_templates: int
     propose_seconds: float = 0.0
     score_seconds: float = 0.0
+    strategies: list[str] = field(default_factory=list)  # those asked for templates (none when seeding)
 
 
 @dataclass
@@ -365,9 +402,14 @@ class Converged(StopSearch):
 # ---- the algorithm -----------------------------------------------------------------------------
 
 
-def proposal_key(restart: int, iteration: int, attempt: int) -> str:
-    """Deterministic id of an LLM call: the same step always has the same key."""
-    return f"r{restart}/i{iteration}/a{attempt}"
+def proposal_key(restart: int, iteration: int, attempt: int, strategy: Strategy | None = None) -> str:
+    """Deterministic id of an LLM call: the same step always has the same key.
+
+    ``strategy`` is given in a mix only, so each strategy of a step has its own record while
+    unmixed searches keep the keys their journals were written with.
+    """
+    key = f"r{restart}/i{iteration}/a{attempt}"
+    return f"{key}/{strategy.value}" if strategy is not None else key
 
 
 SEED_KEY = "seed/starters"
@@ -386,6 +428,51 @@ def call_seed(search_seed: int, key: str) -> int:
 MAX_EMPTY_ATTEMPTS = 2  # ask again (a new key) when the LLM offered nothing new
 
 
+def split_shares(mix: Sequence[Strategy], n: int, turn: int) -> list[tuple[Strategy, int]]:
+    """Each strategy's share of ``n`` templates (SPLIT); strategies with no share are left out.
+
+    The remainder goes to the strategies whose turn it is, rotating with ``turn`` (the iteration's
+    index in the search), so with fewer templates than strategies every one still gets its turns.
+    """
+    base, extra = divmod(n, len(mix))
+    shares = [(s, base + int((i - turn) % len(mix) < extra)) for i, s in enumerate(mix)]
+    return [(s, k) for s, k in shares if k > 0]
+
+
+def strategy_record(state: SearchState) -> dict[str, tuple[int, int]]:
+    """Per strategy (by name): iterations it proposed in, and those where its templates made a new best.
+
+    Read from the iteration summaries (who was asked) and the history (each template's origin and,
+    in order, whether it beat every template before it under the search's objective), so it is the
+    same after a replay.
+    """
+    cfg = state.config
+    asked: dict[str, int] = {}
+    for summary in state.iterations:
+        for name in summary.strategies:
+            asked[name] = asked.get(name, 0) + 1
+    improved: set[tuple[int, int, str]] = set()
+    best: tuple[float, ...] | None = None
+    for t in state.history:
+        key = objective_key(t, cfg.objective, cfg.objective_weight)
+        if best is not None and key < best and t.iteration > 0:
+            improved.add((t.restart, t.iteration, t.origin))
+        best = key if best is None or key < best else best
+    return {
+        name: (n, min(n, sum(1 for _, _, origin in improved if origin == name))) for name, n in asked.items()
+    }
+
+
+def thompson_choice(mix: Sequence[Strategy], record: dict[str, tuple[int, int]], seed: int) -> Strategy:
+    """The strategy with the highest draw from its Beta(1 + new bests, 1 + other iterations) posterior."""
+    rng = random.Random(seed)
+    draws = []
+    for s in mix:
+        asked, improved = record.get(s.value, (0, 0))
+        draws.append(rng.betavariate(1 + improved, 1 + asked - improved))
+    return mix[draws.index(max(draws))]
+
+
 @dataclass
 class HillClimb:
     """Runs one search to the end (or to a budget) against the ports."""
@@ -398,6 +485,7 @@ class HillClimb:
     started_at: float = field(default_factory=time.time)  # wall clock when the search first ran
     clock: Callable[[], float] = time.time
     _class_names: list[str] = field(default_factory=list)
+    _asked: list[str] = field(default_factory=list)  # strategies asked in the current iteration
 
     @property
     def config(self) -> SearchConfig:
@@ -412,9 +500,9 @@ class HillClimb:
             await self._seed()
             seeded = True
             for restart in range(self.config.restarts):
-                conversation: tuple[tuple[str, str], ...] = ()  # a restart resets the chat
+                conversations: dict[Strategy, tuple[tuple[str, str], ...]] = {}  # a restart resets the chat
                 for iteration in range(1, self.config.iterations + 1):
-                    conversation = await self._iterate(restart, iteration, conversation)
+                    await self._iterate(restart, iteration, conversations)
                     if self.converged():
                         raise Converged()
             self.state.end_reason = "completed"
@@ -456,7 +544,8 @@ class HillClimb:
         self.state.phase = Phase.SEEDING
         await self.journal.checkpoint(self.state, "phase")
         if cfg.llm_starters > 0:
-            proposal = await self._propose(SEED_KEY, self._request(SEED_KEY, cfg.llm_starters, (), ()))
+            request = self._request(SEED_KEY, cfg.strategy, cfg.llm_starters, (), ())
+            proposal = await self._propose(SEED_KEY, request, cfg.strategy)
             templates, origin = list(proposal.templates), "llm"
         else:
             templates = self.initial_templates(cfg)
@@ -467,30 +556,63 @@ class HillClimb:
         await self.journal.checkpoint(self.state, "iteration")
 
     async def _iterate(
-        self, restart: int, iteration: int, conversation: tuple[tuple[str, str], ...]
-    ) -> tuple[tuple[str, str], ...]:
+        self, restart: int, iteration: int, conversations: dict[Strategy, tuple[tuple[str, str], ...]]
+    ) -> None:
+        """One iteration: every strategy asked proposes (``conversations`` advance), then all is scored."""
         cfg = self.config
         self.state.restart, self.state.iteration = restart, iteration
         self.state.phase = Phase.PROPOSING
         await self.journal.checkpoint(self.state, "phase")
         t0 = self.clock()
-        new: list[str] = []
-        for attempt in range(MAX_EMPTY_ATTEMPTS):
-            key = proposal_key(restart, iteration, attempt)
-            request = self._request(key, cfg.templates_per_iteration, tuple(self.state.history), conversation)
-            proposal = await self._propose(key, request)
-            if cfg.strategy is Strategy.CONVERSATION:
-                conversation = proposal.conversation
-            new = _dedupe(list(proposal.templates), self.state.known())[: cfg.templates_per_iteration]
-            if new:
-                break
+        asked = self.asked(restart, iteration)
+        known = self.state.known()
+        proposed: list[tuple[Strategy, list[str]]] = []
+        for strategy, share in asked:
+            new = await self._proposals(restart, iteration, strategy, share, conversations, known)
+            known.update(new)
+            proposed.append((strategy, new))
         t1 = self.clock()
+        self._asked = [s.value for s, _ in asked]
         self.state.phase = Phase.SCORING
         await self.journal.checkpoint(self.state, "phase")
-        await self._score_into_pool(new, restart, iteration, "llm")
+        for strategy, new in proposed:
+            await self._score_into_pool(new, restart, iteration, cfg.origin(strategy))
         self._summarise(restart, iteration, t1 - t0, self.clock() - t1)
         await self.journal.checkpoint(self.state, "iteration")
-        return conversation
+
+    def asked(self, restart: int, iteration: int) -> list[tuple[Strategy, int]]:
+        """The strategies that propose in this iteration, each with how many templates it is asked for."""
+        cfg = self.config
+        n = cfg.templates_per_iteration
+        if not cfg.mix:
+            return [(cfg.strategy, n)]
+        if cfg.mix_mode is MixMode.BANDIT:
+            seed = call_seed(cfg.seed, f"bandit/r{restart}/i{iteration}")
+            return [(thompson_choice(cfg.mix, strategy_record(self.state), seed), n)]
+        return split_shares(cfg.mix, n, restart * cfg.iterations + iteration - 1)
+
+    async def _proposals(
+        self,
+        restart: int,
+        iteration: int,
+        strategy: Strategy,
+        share: int,
+        conversations: dict[Strategy, tuple[tuple[str, str], ...]],
+        known: set[str],
+    ) -> list[str]:
+        """Up to ``share`` new templates from ``strategy`` (asked again once when it offers none)."""
+        new: list[str] = []
+        for attempt in range(MAX_EMPTY_ATTEMPTS):
+            key = proposal_key(restart, iteration, attempt, strategy if self.config.mix else None)
+            history = tuple(self.state.history)
+            request = self._request(key, strategy, share, history, conversations.get(strategy, ()))
+            proposal = await self._propose(key, request, strategy)
+            if strategy is Strategy.CONVERSATION:
+                conversations[strategy] = proposal.conversation
+            new = _dedupe(list(proposal.templates), known)[:share]
+            if new:
+                break
+        return new
 
     async def _evaluate(self, *, partial: bool = False) -> None:
         cfg = self.config
@@ -511,6 +633,7 @@ class HillClimb:
     def _request(
         self,
         key: str,
+        strategy: Strategy,
         n: int,
         history: tuple[ScoredTemplate, ...],
         conversation: tuple[tuple[str, str], ...],
@@ -521,7 +644,7 @@ class HillClimb:
             task_description=task,
             class_names=tuple(self._class_names[:50]),
             history=history,
-            strategy=cfg.strategy,
+            strategy=strategy,
             best_k=cfg.best_k,
             worst_k=cfg.worst_k,
             num_templates=n,
@@ -530,10 +653,10 @@ class HillClimb:
             seed=call_seed(cfg.seed, key) if cfg.seed else None,
         )
 
-    async def _propose(self, key: str, request: ProposalRequest) -> Proposal:
+    async def _propose(self, key: str, request: ProposalRequest, strategy: Strategy) -> Proposal:
         recorded = self.journal.recorded_proposal(key)
         if recorded is None:
-            self._check_budget(before_llm=True)
+            self._check_budget(before_proposal=True, llm=strategy not in NO_LLM_STRATEGIES)
             recorded = await self.proposer.propose(request)
             await self.journal.record_proposal(key, recorded)
         u = self.state.usage
@@ -543,16 +666,22 @@ class HillClimb:
         u.cost_usd += recorded.cost_usd
         return recorded
 
-    def _check_budget(self, *, before_llm: bool = False, evaluations: int = 0) -> None:
-        """Raise :class:`BudgetExhausted` when the next live step would exceed a budget."""
+    def _check_budget(self, *, before_proposal: bool = False, llm: bool = True, evaluations: int = 0) -> None:
+        """Raise :class:`BudgetExhausted` when the next live step would exceed a budget.
+
+        ``llm``: whether the proposal about to be asked for calls the LLM (the LLM budgets apply).
+        """
         b, u = self.config.budget, self.state.usage
         if b.max_duration_seconds and self.clock() - self.started_at >= b.max_duration_seconds:
             raise BudgetExhausted("max_duration")
-        if before_llm and b.max_llm_calls and u.llm_calls >= b.max_llm_calls:
+        if before_proposal and llm and b.max_llm_calls and u.llm_calls >= b.max_llm_calls:
             raise BudgetExhausted("max_llm_calls")
-        if before_llm and b.max_tokens and u.tokens >= b.max_tokens:
+        if before_proposal and llm and b.max_tokens and u.tokens >= b.max_tokens:
             raise BudgetExhausted("max_tokens")
-        if b.max_evaluations and u.search_evaluations + max(evaluations, int(before_llm)) > b.max_evaluations:
+        if (
+            b.max_evaluations
+            and u.search_evaluations + max(evaluations, int(before_proposal)) > b.max_evaluations
+        ):
             raise BudgetExhausted("max_evaluations")  # no room left for what the LLM would propose
 
     async def _score_into_pool(self, templates: list[str], restart: int, iteration: int, origin: str) -> None:
@@ -599,8 +728,9 @@ class HillClimb:
             return  # already summarised (a budget stop right after the iteration's scores)
         best = max((t.accuracy for t in pool), default=0.0)
         mean = sum(t.accuracy for t in pool) / len(pool) if pool else 0.0
+        asked = list(self._asked) if iteration > 0 else []
         self.state.iterations.append(
-            IterationSummary(restart, iteration, best, mean, len(pool), propose_s, score_s)
+            IterationSummary(restart, iteration, best, mean, len(pool), propose_s, score_s, asked)
         )
 
 

@@ -76,11 +76,15 @@ class FakeScorer(scorer_pb2_grpc.ScorerServiceServicer):
 
 @dataclass
 class FakeOptimizer(optimizer_pb2_grpc.OptimizerServiceServicer):
-    """Proposes numbered templates ("a photo of a {} (take N)."), 10 prompt + 5 completion tokens each."""
+    """Proposes numbered templates ("a photo of a {} (take N)."), 10 prompt + 5 completion tokens each.
+
+    The edit strategy answers as the real optimizer does: no LLM, so zero usage.
+    """
 
     delay: float = 0.0
     down: bool = False  # answer UNAVAILABLE to everything
     empty: bool = False  # propose nothing
+    tag_strategy: bool = False  # name the strategy in each template ("a photo of a {} (edit take N).")
     requests: list[optimizer_pb2.ProposePromptsRequest] = field(default_factory=list)
     counter: int = 0
 
@@ -91,9 +95,12 @@ class FakeOptimizer(optimizer_pb2_grpc.OptimizerServiceServicer):
         await asyncio.sleep(self.delay)
         templates = []
         if not self.empty:
+            tag = f"{common_pb2.Strategy.Name(request.strategy).removeprefix('STRATEGY_').lower()} "
             for _ in range(request.num_templates):
                 self.counter += 1
-                templates.append(f"a photo of a {{}} (take {self.counter}).")
+                templates.append(
+                    f"a photo of a {{}} ({tag if self.tag_strategy else ''}take {self.counter})."
+                )
         conversation = [
             *request.conversation,
             common_pb2.ChatMessage(role="user", content=f"history of {len(request.history)}"),
@@ -103,7 +110,9 @@ class FakeOptimizer(optimizer_pb2_grpc.OptimizerServiceServicer):
             templates=templates,
             conversation=conversation,
             model="fake",
-            usage=common_pb2.Usage(llm_calls=1, prompt_tokens=10, completion_tokens=5),
+            usage=common_pb2.Usage(llm_calls=1, prompt_tokens=10, completion_tokens=5)
+            if request.strategy != common_pb2.STRATEGY_EDIT
+            else common_pb2.Usage(),
         )
 
 

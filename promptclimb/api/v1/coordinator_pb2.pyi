@@ -19,6 +19,12 @@ class Objective(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OBJECTIVE_ACCURACY_THEN_LOSS: _ClassVar[Objective]
     OBJECTIVE_BLENDED: _ClassVar[Objective]
 
+class MixMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MIX_MODE_UNSPECIFIED: _ClassVar[MixMode]
+    MIX_MODE_SPLIT: _ClassVar[MixMode]
+    MIX_MODE_BANDIT: _ClassVar[MixMode]
+
 class SearchState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SEARCH_STATE_UNSPECIFIED: _ClassVar[SearchState]
@@ -55,6 +61,9 @@ OBJECTIVE_UNSPECIFIED: Objective
 OBJECTIVE_ACCURACY: Objective
 OBJECTIVE_ACCURACY_THEN_LOSS: Objective
 OBJECTIVE_BLENDED: Objective
+MIX_MODE_UNSPECIFIED: MixMode
+MIX_MODE_SPLIT: MixMode
+MIX_MODE_BANDIT: MixMode
 SEARCH_STATE_UNSPECIFIED: SearchState
 SEARCH_STATE_PENDING: SearchState
 SEARCH_STATE_RUNNING: SearchState
@@ -106,7 +115,7 @@ class InitialPool(_message.Message):
     def __init__(self, named_pool: _Optional[str] = ..., templates: _Optional[_Union[TemplateList, _Mapping]] = ..., llm_starters: _Optional[int] = ...) -> None: ...
 
 class SearchSpec(_message.Message):
-    __slots__ = ("dataset", "selection_split", "evaluation_split", "strategy", "best_k", "worst_k", "temperature", "initial_pool", "restarts", "iterations", "templates_per_iteration", "budget", "seed", "task_description", "ensemble_k", "display_name", "patience", "min_delta", "objective", "objective_weight")
+    __slots__ = ("dataset", "selection_split", "evaluation_split", "strategy", "best_k", "worst_k", "temperature", "initial_pool", "restarts", "iterations", "templates_per_iteration", "budget", "seed", "task_description", "ensemble_k", "display_name", "patience", "min_delta", "mix", "mix_mode", "objective", "objective_weight")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SELECTION_SPLIT_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_SPLIT_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +134,8 @@ class SearchSpec(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     PATIENCE_FIELD_NUMBER: _ClassVar[int]
     MIN_DELTA_FIELD_NUMBER: _ClassVar[int]
+    MIX_FIELD_NUMBER: _ClassVar[int]
+    MIX_MODE_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     dataset: str
@@ -145,9 +156,11 @@ class SearchSpec(_message.Message):
     display_name: str
     patience: int
     min_delta: float
+    mix: _containers.RepeatedScalarFieldContainer[_common_pb2.Strategy]
+    mix_mode: MixMode
     objective: Objective
     objective_weight: float
-    def __init__(self, dataset: _Optional[str] = ..., selection_split: _Optional[str] = ..., evaluation_split: _Optional[str] = ..., strategy: _Optional[_Union[_common_pb2.Strategy, str]] = ..., best_k: _Optional[int] = ..., worst_k: _Optional[int] = ..., temperature: _Optional[float] = ..., initial_pool: _Optional[_Union[InitialPool, _Mapping]] = ..., restarts: _Optional[int] = ..., iterations: _Optional[int] = ..., templates_per_iteration: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., seed: _Optional[int] = ..., task_description: _Optional[str] = ..., ensemble_k: _Optional[int] = ..., display_name: _Optional[str] = ..., patience: _Optional[int] = ..., min_delta: _Optional[float] = ..., objective: _Optional[_Union[Objective, str]] = ..., objective_weight: _Optional[float] = ...) -> None: ...
+    def __init__(self, dataset: _Optional[str] = ..., selection_split: _Optional[str] = ..., evaluation_split: _Optional[str] = ..., strategy: _Optional[_Union[_common_pb2.Strategy, str]] = ..., best_k: _Optional[int] = ..., worst_k: _Optional[int] = ..., temperature: _Optional[float] = ..., initial_pool: _Optional[_Union[InitialPool, _Mapping]] = ..., restarts: _Optional[int] = ..., iterations: _Optional[int] = ..., templates_per_iteration: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., seed: _Optional[int] = ..., task_description: _Optional[str] = ..., ensemble_k: _Optional[int] = ..., display_name: _Optional[str] = ..., patience: _Optional[int] = ..., min_delta: _Optional[float] = ..., mix: _Optional[_Iterable[_Union[_common_pb2.Strategy, str]]] = ..., mix_mode: _Optional[_Union[MixMode, str]] = ..., objective: _Optional[_Union[Objective, str]] = ..., objective_weight: _Optional[float] = ...) -> None: ...
 
 class IterationSummary(_message.Message):
     __slots__ = ("restart", "iteration", "best_accuracy", "mean_accuracy", "num_templates", "propose_seconds", "score_seconds")
