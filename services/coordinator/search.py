@@ -609,7 +609,9 @@ class HillClimb:
             proposal = await self._propose(key, request, strategy)
             if strategy is Strategy.CONVERSATION:
                 conversations[strategy] = proposal.conversation
-            new = _dedupe(list(proposal.templates), known)[:share]
+            new = _dedupe(list(proposal.templates), known)
+            if strategy is not Strategy.RELEASED:  # the released code scored every valid one of a reply
+                new = new[:share]
             if new:
                 break
         return new

@@ -87,6 +87,7 @@ class FakeOptimizer(optimizer_pb2_grpc.OptimizerServiceServicer):
     tag_strategy: bool = False  # name the strategy in each template ("a photo of a {} (edit take N).")
     requests: list[optimizer_pb2.ProposePromptsRequest] = field(default_factory=list)
     counter: int = 0
+    extra: int = 0  # templates beyond num_templates in every reply (an LLM that over-delivers)
 
     async def ProposePrompts(self, request, context):  # type: ignore[no-untyped-def]
         if self.down:
@@ -96,7 +97,7 @@ class FakeOptimizer(optimizer_pb2_grpc.OptimizerServiceServicer):
         templates = []
         if not self.empty:
             tag = f"{common_pb2.Strategy.Name(request.strategy).removeprefix('STRATEGY_').lower()} "
-            for _ in range(request.num_templates):
+            for _ in range(request.num_templates + self.extra):
                 self.counter += 1
                 templates.append(
                     f"a photo of a {{}} ({tag if self.tag_strategy else ''}take {self.counter})."

@@ -287,3 +287,18 @@ def test_malformed_prices_are_refused_naming_the_entry() -> None:
     for bad in ("gpt-4o-mini", "m=1", "m=a,b", "m=-1,2", "=1,2"):
         with pytest.raises(ValidationError, match="llm price"):
             CoordinatorSettings(llm_prices=[bad])
+
+
+async def test_released_scores_every_valid_template_of_a_reply(harness: Harness) -> None:
+    # One template asked per call, three written: released scores all three, contrast the one.
+    harness.optimizer.extra = 2
+    search = await harness.client.start(
+        make_spec("toy", strategy="released", iterations=2, restarts=1, templates_per_iteration=1)
+    )
+    done = await harness.client.wait(search.name)
+    assert done.state == pb.SEARCH_STATE_SUCCEEDED
+    assert len(done.history) == len(NAMED_POOLS["basic"]) + 2 * 3
+    contrast = await harness.client.start(
+        make_spec("toy", strategy="contrast", iterations=2, restarts=1, templates_per_iteration=1)
+    )
+    assert len((await harness.client.wait(contrast.name)).history) == len(NAMED_POOLS["basic"]) + 2
