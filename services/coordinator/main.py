@@ -40,12 +40,13 @@ def build_server(settings: CoordinatorSettings, runner: SearchRunner) -> Service
 async def serve(settings: CoordinatorSettings) -> None:
     """Run the coordinator until SIGTERM/SIGINT."""
     from promptclimb.common.server import announce
+    from services.coordinator.async_store import AsyncSearchStore
     from services.coordinator.clients import GrpcProposer, GrpcScorer, RetryPolicy
     from services.coordinator.runner import SearchRunner
     from services.coordinator.store import SearchStore
 
     retry = RetryPolicy(max_attempts=settings.max_attempts, backoff_seconds=settings.backoff_seconds)
-    store = SearchStore(settings.store)
+    store = AsyncSearchStore(SearchStore(settings.store))  # every store call off the event loop
     scorer = GrpcScorer(
         settings.scorer,
         chunk_size=settings.chunk_size,
@@ -82,4 +83,4 @@ async def serve(settings: CoordinatorSettings) -> None:
         await runner.stop()
         await scorer.close()
         await proposer.close()
-        store.close()
+        await store.close()

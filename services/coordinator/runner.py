@@ -9,6 +9,9 @@ A store outage (SQLite locked, PostgreSQL restarting) is ridden out: every store
 makes is retried with backoff for ``store_retry_seconds``; past that the search ends FAILED with
 the reason, or — when even that can not be written — stays RUNNING under a lease that expires,
 so this replica or a peer resumes it from its journal once the store is back.
+
+Every store call runs in a worker thread (:class:`AsyncSearchStore`), so a slow or locked one
+holds up only the search that made it, never the event loop with its RPCs and lease renewals.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from services.coordinator import metrics
+from services.coordinator.async_store import AsyncSearchStore
 from services.coordinator.pools import initial_templates
 from services.coordinator.search import (
     HillClimb,
@@ -66,8 +70,8 @@ class StoreUnavailable(SearchFailed):
         )
 
 
-async def with_store_retry(call: Callable[[], T], *, window: float) -> T:
-    """``call()``, retried with backoff while it fails transiently, for at most ``window`` seconds.
+async def with_store_retry(call: Callable[[], Awaitable[T]], *, window: float) -> T:
+    """``await call()``, retried with backoff while it fails transiently, for at most ``window`` seconds.
 
     Raises :class:`StoreUnavailable` when the window is spent; other errors pass through at once.
     """
@@ -75,7 +79,7 @@ async def with_store_retry(call: Callable[[], T], *, window: float) -> T:
     delay = _FIRST_STORE_BACKOFF
     while True:
         try:
-            return call()
+            return await call()
         except Exception as err:
             if not is_transient(err):
                 raise
@@ -95,7 +99,7 @@ class StoreJournal:
 
     def __init__(
         self,
-        store: SearchStore,
+        store: AsyncSearchStore,
         search_id: str,
         owner: str,
         broadcaster: Broadcaster,
@@ -117,7 +121,7 @@ class StoreJournal:
     @classmethod
     async def load(
         cls,
-        store: SearchStore,
+        store: AsyncSearchStore,
         search_id: str,
         owner: str,
         broadcaster: Broadcaster,
@@ -194,7 +198,7 @@ class StoreJournal:
                 if self._best >= 0:
                     events.append(NEW_BEST)
                 self._best = best.accuracy
-        _publish(self.broadcaster, self.store, self.search_id, events)
+        await _publish(self.broadcaster, self.store, self.search_id, events)
 
 
 class SearchRunner:
@@ -202,7 +206,7 @@ class SearchRunner:
 
     def __init__(
         self,
-        store: SearchStore,
+        store: AsyncSearchStore | SearchStore,
         scorer: TemplateScorer,
         proposer: TemplateProposer,
         *,
@@ -212,7 +216,9 @@ class SearchRunner:
         owner: str | None = None,
         store_retry_seconds: float = 30.0,
     ) -> None:
-        self.store, self.scorer, self.proposer = store, scorer, proposer
+        # A plain SearchStore is wrapped: no store call of the runner is made on the event loop.
+        self.store = store if isinstance(store, AsyncSearchStore) else AsyncSearchStore(store)
+        self.scorer, self.proposer = scorer, proposer
         self.broadcaster = broadcaster or Broadcaster()
         self.lease_seconds = lease_seconds
         self.max_running = max_running
@@ -222,6 +228,7 @@ class SearchRunner:
         if len(self.owner) > MAX_OWNER_CHARS:
             raise ValueError(f"replica id longer than {MAX_OWNER_CHARS} characters")
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._claiming: set[str] = set()  # leases being taken (the store call is in flight)
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
@@ -244,22 +251,22 @@ class SearchRunner:
 
     # ---- API operations ------------------------------------------------------------------------
 
-    def submit(self, config: SearchConfig, request_id: str | None) -> tuple[SearchRecord, bool]:
+    async def submit(self, config: SearchConfig, request_id: str | None) -> tuple[SearchRecord, bool]:
         """Create (or find, by request id) a search; a new one is claimed at once."""
-        record, created = self.store.create(config, request_id)
+        record, created = await self.store.create(config, request_id)
         if created:
-            self._claim(record.id)
+            await self._claim(record.id)
         return record, created
 
     async def cancel(self, search_id: str) -> SearchRecord | None:
         """Cancel promptly: the local task is cancelled (in-flight calls with it) and awaited."""
-        self.store.request_cancel(search_id)
+        await self.store.request_cancel(search_id)
         task = self.tasks.get(search_id)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         else:
-            record = self.store.get(search_id)
+            record = await self.store.get(search_id)
             if (
                 record is not None
                 and not record.done
@@ -267,21 +274,21 @@ class SearchRunner:
             ):
                 await self._finish(search_id, None, CANCELLED, "cancelled")
             # else: the owning replica sees the flag at its next lease renewal.
-        return self.store.get(search_id)
+        return await self.store.get(search_id)
 
     # ---- internals -----------------------------------------------------------------------------
 
     async def _maintain(self) -> None:
         while True:
             try:
-                held = self.store.renew(self.owner, list(self.tasks), self.lease_seconds)
+                held = await self.store.renew(self.owner, list(self.tasks), self.lease_seconds)
                 for sid, task in list(self.tasks.items()):
                     if sid not in held or held[sid]:  # lost the lease, or cancelled elsewhere
                         task.cancel()
-                for sid in self.store.claimable():
+                for sid in await self.store.claimable():
                     if len(self.tasks) >= self.max_running:
                         break
-                    self._claim(sid)
+                    await self._claim(sid)
             except Exception:  # a store hiccup must not end the loop
                 log.exception("lease maintenance failed")
             self._wake.clear()
@@ -290,14 +297,29 @@ class SearchRunner:
             except TimeoutError:
                 pass
 
-    def _claim(self, search_id: str) -> None:
-        if search_id in self.tasks or self._stopping or len(self.tasks) >= self.max_running:
+    async def _claim(self, search_id: str) -> None:
+        # A search being claimed counts as running: submit and the lease loop may claim the same
+        # one at once, and the store would grant both (the lease is already ours the second time).
+        if (
+            search_id in self.tasks
+            or search_id in self._claiming
+            or self._stopping
+            or len(self.tasks) + len(self._claiming) >= self.max_running
+        ):
             return
-        if not self.store.try_acquire(search_id, self.owner, self.lease_seconds):
-            return
-        self.tasks[search_id] = asyncio.create_task(self._run(search_id), name=f"search-{search_id}")
+        self._claiming.add(search_id)
+        try:
+            # Cancelled here (stop), the lease may still be taken in its thread: it then expires.
+            if not await self.store.try_acquire(search_id, self.owner, self.lease_seconds):
+                return
+            if self._stopping:  # stop() began meanwhile and will not cancel a task made now
+                await self.store.release(search_id, self.owner)
+                return
+            self.tasks[search_id] = asyncio.create_task(self._run(search_id), name=f"search-{search_id}")
+        finally:
+            self._claiming.discard(search_id)
 
-    async def _store_call(self, call: Callable[[], T]) -> T:
+    async def _store_call(self, call: Callable[[], Awaitable[T]]) -> T:
         return await with_store_retry(call, window=self.store_retry_seconds)
 
     async def _run(self, search_id: str) -> None:
@@ -314,7 +336,7 @@ class SearchRunner:
                 return
             record = await self._store_call(lambda: self.store.get(search_id))
             assert record is not None and record.start_time is not None
-            self._publish(search_id, [STATE_CHANGED])
+            await self._publish(search_id, [STATE_CHANGED])
             journal = await StoreJournal.load(
                 self.store,
                 search_id,
@@ -333,7 +355,7 @@ class SearchRunner:
         except asyncio.CancelledError:
             if self._stopping:
                 try:
-                    self.store.release(search_id, self.owner)  # a peer (or our restart) resumes it
+                    await self.store.release(search_id, self.owner)  # a peer (or our restart) resumes it
                 except Exception:  # the lease then simply expires
                     log.warning("lease not released", extra={"search": search_id}, exc_info=True)
             else:
@@ -376,7 +398,7 @@ class SearchRunner:
         if finished:
             metrics.SEARCHES.labels(outcome.lower()).inc()
             try:
-                record = self.store.get(search_id)
+                record = await self.store.get(search_id)
             except Exception as err:  # the outcome is recorded; only the duration metric is missed
                 if not is_transient(err):
                     raise
@@ -384,16 +406,18 @@ class SearchRunner:
             if record is not None:
                 metrics.SEARCH_SECONDS.observe(record.progress.wall_seconds)
             log.info("search ended", extra={"search": search_id, "state": outcome, "reason": reason})
-        self._publish(search_id, [STATE_CHANGED])
+        await self._publish(search_id, [STATE_CHANGED])
 
-    def _publish(self, search_id: str, events: list[str]) -> None:
-        _publish(self.broadcaster, self.store, search_id, events)
+    async def _publish(self, search_id: str, events: list[str]) -> None:
+        await _publish(self.broadcaster, self.store, search_id, events)
 
 
-def _publish(broadcaster: Broadcaster, store: SearchStore, search_id: str, events: list[str]) -> None:
+async def _publish(
+    broadcaster: Broadcaster, store: AsyncSearchStore, search_id: str, events: list[str]
+) -> None:
     """Tell local watchers; a snapshot the store can not give now is skipped (watchers also poll)."""
     try:
-        broadcaster.publish(search_id, events, lambda full: store.get(search_id, with_history=full))
+        await broadcaster.publish(search_id, events, lambda full: store.get(search_id, with_history=full))
     except Exception as err:
         if not is_transient(err):
             raise

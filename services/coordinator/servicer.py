@@ -1,5 +1,8 @@
 """CoordinatorService over gRPC: converts messages and calls the runner and the store.
 
+Every store call is awaited on the runner's :class:`AsyncSearchStore` (a worker thread), so a
+slow database delays the RPC that waits on it, not every other RPC of the replica.
+
 Error semantics (AIP-style):
 - unknown search name -> NOT_FOUND; a bad spec -> INVALID_ARGUMENT with BadRequest field violations;
 - CancelSearch of a search that already ended -> FAILED_PRECONDITION (its state is left alone);
@@ -77,14 +80,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             await abort(context, err)
         if len(request.request_id) > 200:
             await abort(context, invalid_argument("at most 200 characters", "request_id"))
-        record, _ = self.runner.submit(config, request.request_id or None)
-        record = self.store.get(record.id, with_history=False) or record
+        record, _ = await self.runner.submit(config, request.request_id or None)
+        record = await self.store.get(record.id, with_history=False) or record
         return coordinator_pb2.StartSearchResponse(search=search_to_proto(record, full=False))
 
     @_store_outage_is_unavailable
     async def GetSearch(self, request, context):  # type: ignore[no-untyped-def]
         """One search (FULL view by default)."""
-        record = self.store.get(search_id_of(request.name), with_history=_full(request.view))
+        record = await self.store.get(search_id_of(request.name), with_history=_full(request.view))
         if record is None:
             await abort(context, not_found("search", request.name))
         return coordinator_pb2.GetSearchResponse(search=search_to_proto(record, full=_full(request.view)))
@@ -95,7 +98,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         """Snapshot, then every change until the search ends."""
         search_id = search_id_of(request.name)
         try:
-            if self.store.get(search_id) is None:
+            if await self.store.get(search_id) is None:
                 await abort(context, not_found("search", request.name))
             full = _full(request.view)
             async for event, record in watch(self.store, self.runner.broadcaster, search_id, full=full):
@@ -111,7 +114,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def CancelSearch(self, request, context):  # type: ignore[no-untyped-def]
         """Cancel a PENDING or RUNNING search; FAILED_PRECONDITION once it has ended."""
         search_id = search_id_of(request.name)
-        record = self.store.get(search_id)
+        record = await self.store.get(search_id)
         if record is None:
             await abort(context, not_found("search", request.name))
         if record.done:
@@ -141,7 +144,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             if not 0 <= offset <= MAX_OFFSET:  # a forged offset must not reach the database
                 await abort(context, invalid_argument("not a token this server issued", "page_token"))
         state = STATE_FROM_PROTO.get(request.state) if request.state else None
-        records = self.store.list_searches(state=state, limit=size + 1, offset=offset)
+        records = await self.store.list_searches(state=state, limit=size + 1, offset=offset)
         token = base64.urlsafe_b64encode(str(offset + size).encode()).decode() if len(records) > size else ""
         return coordinator_pb2.ListSearchesResponse(
             searches=[search_to_proto(r, full=False) for r in records[:size]], next_page_token=token

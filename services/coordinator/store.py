@@ -47,6 +47,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.pool import SingletonThreadPool
 
 from promptclimb.common.vocabulary import LifecycleState
 from services.coordinator.search import (
@@ -213,12 +214,21 @@ class SearchRecord:
 
 
 class SearchStore:
-    """Reads and writes search records; every method is one short transaction."""
+    """Reads and writes search records; every method is one short transaction.
+
+    Thread-safe: each method checks a connection out of the engine's pool for its own use and
+    returns it, so async code calls it from worker threads (:mod:`services.coordinator.async_store`).
+    """
 
     def __init__(self, url: str) -> None:
         self.url = database_url(url)
         # pre_ping: after a database restart every pooled connection is dead; test before use.
         self.engine: Engine = create_engine(self.url, pool_pre_ping=True)
+        if isinstance(self.engine.pool, SingletonThreadPool):
+            # In-memory SQLite: one database per thread, but the coordinator calls the store from
+            # a pool of worker threads (see async_store), so each would see its own empty one.
+            self.engine.dispose()
+            raise ValueError(f"an in-memory SQLite store is not supported ({self.url}); give a file")
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)

@@ -8,11 +8,12 @@ on another replica sees no local events and falls back to polling the store.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from promptclimb.common.vocabulary import SearchEvent
-from services.coordinator.store import SearchRecord, SearchStore
+from services.coordinator.async_store import AsyncSearchStore
+from services.coordinator.store import SearchRecord
 
 SNAPSHOT, STATE_CHANGED, PHASE_CHANGED, ITERATION_DONE, NEW_BEST = (e.value for e in SearchEvent)
 
@@ -43,12 +44,16 @@ class Broadcaster:
             if not group:
                 del self._watchers[search_id]
 
-    def publish(self, search_id: str, events: list[str], load: Callable[[bool], SearchRecord | None]) -> None:
+    async def publish(
+        self, search_id: str, events: list[str], load: Callable[[bool], Awaitable[SearchRecord | None]]
+    ) -> None:
         """Deliver ``events`` with one snapshot (loaded once, with history if a watcher wants it)."""
-        group = self._watchers.get(search_id)
+        group = set(self._watchers.get(search_id, ()))
         if not group:
             return
-        record = load(any(w.full for w in group))
+        record = await load(any(w.full for w in group))
+        # Watchers that left during the load are gone; those that came read their own snapshot.
+        group &= self._watchers.get(search_id, set())
         if record is None:
             return
         for w in group:
@@ -57,12 +62,17 @@ class Broadcaster:
 
 
 async def watch(
-    store: SearchStore, broadcaster: Broadcaster, search_id: str, *, full: bool, poll_seconds: float = 1.0
+    store: AsyncSearchStore,
+    broadcaster: Broadcaster,
+    search_id: str,
+    *,
+    full: bool,
+    poll_seconds: float = 1.0,
 ) -> AsyncIterator[tuple[str, SearchRecord]]:
     """The snapshot first, then every change, until the search ends. Empty if it is unknown."""
     watcher = broadcaster.subscribe(search_id, full=full)
     try:
-        first = store.get(search_id, with_history=full)
+        first = await store.get(search_id, with_history=full)
         if first is None:
             return
         yield SNAPSHOT, first
@@ -74,7 +84,7 @@ async def watch(
                 if record.update_time < last.update_time:
                     continue  # already part of what this watcher has seen
             except TimeoutError:
-                polled = store.get(search_id, with_history=full)
+                polled = await store.get(search_id, with_history=full)
                 if polled is None or polled.update_time == last.update_time:
                     continue
                 record = polled

@@ -133,10 +133,10 @@ def assert_complete(
 async def test_a_search_runs_to_succeeded_on_postgres(postgres_url: str, fakes: Fakes) -> None:
     runner = replica(postgres_url, fakes, "replica-a")
     await runner.start()
-    record, created = runner.submit(config("solo"), request_id="solo-1")
-    again, created_again = runner.submit(config("other"), request_id="solo-1")
+    record, created = await runner.submit(config("solo"), request_id="solo-1")
+    again, created_again = await runner.submit(config("other"), request_id="solo-1")
     assert created and not created_again and again.id == record.id
-    done = await wait_for(runner.store, record.id, lambda r: r.done)
+    done = await wait_for(runner.store.sync, record.id, lambda r: r.done)
     assert_complete(done, fakes)
     assert done.lease_owner is None  # released at the end
     assert fakes.scorer.scored[("test", done.progress.result.best.template)] == 1  # type: ignore[union-attr]
@@ -177,13 +177,13 @@ def test_concurrent_lease_takers_get_one_winner_per_search(postgres_url: str) ->
 async def test_two_replicas_share_searches_and_never_run_one_twice(postgres_url: str, fakes: Fakes) -> None:
     a = replica(postgres_url, fakes, "replica-a", max_running=2)
     b = replica(postgres_url, fakes, "replica-b", max_running=2)
-    ids = [a.store.create(config(f"shared{i}"), None)[0].id for i in range(4)]
+    ids = [a.store.sync.create(config(f"shared{i}"), None)[0].id for i in range(4)]
     await a.start()
     await b.start()
     owners: dict[str, set[str]] = {sid: set() for sid in ids}
     deadline = time.monotonic() + 60
     while True:
-        records = [a.store.get(sid) for sid in ids]
+        records = [a.store.sync.get(sid) for sid in ids]
         for r in records:
             assert r is not None
             if r.lease_owner:
@@ -194,7 +194,7 @@ async def test_two_replicas_share_searches_and_never_run_one_twice(postgres_url:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
     for sid in ids:
-        assert_complete(b.store.get(sid, with_history=True), fakes)  # type: ignore[arg-type]
+        assert_complete(b.store.sync.get(sid, with_history=True), fakes)  # type: ignore[arg-type]
         assert len(owners[sid]) == 1, owners[sid]  # one replica ran it, start to end
     # Each replica took its share (two slots each, four searches).
     assert sorted(next(iter(o)) for o in owners.values()) == ["replica-a"] * 2 + ["replica-b"] * 2
@@ -258,14 +258,14 @@ async def test_postgres_restarted_mid_search_the_search_recovers(
     runner = replica(postgres_url, fakes, "replica-a", lease=5.0)
     await runner.start()
     iterations = 8
-    record, _ = runner.submit(config("restarted", iterations=iterations), None)
-    before = await wait_for(runner.store, record.id, lambda r: r.iteration >= 2)
+    record, _ = await runner.submit(config("restarted", iterations=iterations), None)
+    before = await wait_for(runner.store.sync, record.id, lambda r: r.iteration >= 2)
     assert before.state == RUNNING
     # `pg_ctl stop -m fast` ends every session; the server stays down while the search goes on.
     await asyncio.to_thread(postgres_cluster.stop, "fast")
     await asyncio.sleep(1.5)
     await asyncio.to_thread(postgres_cluster.start)
-    done = await wait_for(runner.store, record.id, lambda r: r.done)
+    done = await wait_for(runner.store.sync, record.id, lambda r: r.done)
     assert_complete(done, fakes, iterations, fault=before)
     after = {t.template: t for t in done.history}
     for t in before.history:
@@ -279,12 +279,12 @@ async def test_outage_longer_than_the_retry_window_resumes_the_search_once_back(
     runner = replica(postgres_url, fakes, "replica-a", lease=1.0, store_retry=0.3)
     await runner.start()
     iterations = 6
-    record, _ = runner.submit(config("long-outage", iterations=iterations), None)
-    before = await wait_for(runner.store, record.id, lambda r: r.iteration >= 2)
+    record, _ = await runner.submit(config("long-outage", iterations=iterations), None)
+    before = await wait_for(runner.store.sync, record.id, lambda r: r.iteration >= 2)
     await asyncio.to_thread(postgres_cluster.stop, "immediate")  # a crash, not a clean shutdown
     await asyncio.sleep(2.5)
     await asyncio.to_thread(postgres_cluster.start)
-    done = await wait_for(runner.store, record.id, lambda r: r.done)
+    done = await wait_for(runner.store.sync, record.id, lambda r: r.done)
     after = {t.template: t for t in done.history}
     for t in before.history:
         assert after[t.template] == t
@@ -300,8 +300,8 @@ async def test_api_calls_during_a_store_outage_are_unavailable_then_work_again(
     """Clients see UNAVAILABLE with a retry delay while the database is down, not UNKNOWN."""
     runner = replica(postgres_url, fakes, "replica-api")
     await runner.start()
-    record, _ = runner.submit(config("api", iterations=1), None)
-    await wait_for(runner.store, record.id, lambda r: r.done)
+    record, _ = await runner.submit(config("api", iterations=1), None)
+    await wait_for(runner.store.sync, record.id, lambda r: r.done)
     server = build_coordinator(CoordinatorSettings(port=0), runner)
     port = await server.start()
     name = f"searches/{record.id}"

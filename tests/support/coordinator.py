@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.coordinator.async_store import AsyncSearchStore
 from services.coordinator.clients import GrpcProposer, GrpcScorer
 from services.coordinator.main import build_server
 from services.coordinator.runner import SearchRunner
@@ -29,16 +30,17 @@ class InProcessCoordinator:
 
 @asynccontextmanager
 async def coordinator_in_process(
-    db: Path,
+    db: Path | str,
     scorer: GrpcScorer,
     proposer: GrpcProposer,
     *,
     lease_seconds: float,
     settings: CoordinatorSettings | None = None,
 ) -> AsyncIterator[InProcessCoordinator]:
-    """A coordinator on a free port over the SQLite file ``db``, reaching ``scorer`` and ``proposer``."""
+    """A coordinator on a free port over ``db`` (SQLite file or URL), reaching ``scorer`` and ``proposer``."""
     store = SearchStore(str(db))
-    runner = SearchRunner(store, scorer, proposer, lease_seconds=lease_seconds)
+    async_store = AsyncSearchStore(store)
+    runner = SearchRunner(async_store, scorer, proposer, lease_seconds=lease_seconds)
     server = build_server(settings or CoordinatorSettings(port=0), runner)
     port = await server.start()
     try:
@@ -50,4 +52,4 @@ async def coordinator_in_process(
         await server.stop(0)
         await scorer.close()
         await proposer.close()
-        store.close()
+        await async_store.close()
