@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -233,6 +233,26 @@ class CoordinatorClient:
         """Cancel a running search (FAILED_PRECONDITION if it already ended)."""
         request = coordinator_pb2.CancelSearchRequest(name=name)
         return (await self.stub.CancelSearch(request, timeout=self.timeout, metadata=self._metadata)).search
+
+    async def replay(self, name: str, **changes: Any) -> coordinator_pb2.ReplaySearchResponse:
+        """Re-run a finished search from its journal with ``changes`` (spec field names), e.g.
+        ``patience=2`` or ``objective="accuracy"``; nothing is stored. A field that would change
+        what the LLM is shown is refused (FAILED_PRECONDITION) with the reason."""
+        spec = coordinator_pb2.SearchSpec()
+        paths = []
+        for field_name, value in changes.items():
+            if value is None:
+                continue
+            if field_name == "objective":
+                value = OBJECTIVE_TO_PROTO[Objective(value)]
+            elif field_name == "strategy":
+                value = STRATEGIES[value]
+            setattr(spec, field_name, value)
+            paths.append(field_name)
+        request = coordinator_pb2.ReplaySearchRequest(
+            name=name, spec=spec, update_mask=field_mask_pb2.FieldMask(paths=paths)
+        )
+        return await self.stub.ReplaySearch(request, timeout=self.timeout, metadata=self._metadata)
 
     async def list(self, *, state: str | None = None, page_size: int = 50) -> list[coordinator_pb2.Search]:
         """Every search (newest first, BASIC view), following pages; ``state`` e.g. ``"running"``."""

@@ -106,6 +106,27 @@ def add_parsers(commands: Any, services: Any) -> None:
         _outputs(p)
         p.set_defaults(func=_search_one, action=action)
 
+    rp = sub.add_parser(
+        "replay",
+        help="what if: re-run a finished search from its journal under other stopping/picking rules",
+        description="Replays a finished search from its recorded LLM replies and scores: no LLM call, no "
+        "selection scoring (a new pick is scored once on the evaluation split), nothing stored. "
+        "Rules that would change what the LLM is shown (e.g. --best-k) are refused with the reason.",
+    )
+    _target(rp)
+    rp.add_argument("name", help="searches/ID or ID")
+    rp.add_argument("--objective", choices=[o.value for o in Objective])
+    rp.add_argument("--objective-weight", type=float)
+    rp.add_argument("--patience", type=int)
+    rp.add_argument("--min-delta", type=float)
+    rp.add_argument("--ensemble-k", type=int)
+    # Accepted so that the server can say why they cannot be replayed.
+    for flag, kind in (("--best-k", int), ("--worst-k", int), ("--temperature", float)):
+        rp.add_argument(flag, type=kind, help=argparse.SUPPRESS)
+    rp.add_argument("--strategy", choices=[s.value for s in Strategy], help=argparse.SUPPRESS)
+    rp.add_argument("--json", action="store_true", help="print both searches as JSON")
+    rp.set_defaults(func=_search_replay)
+
     ls = sub.add_parser("list", help="list searches, newest first")
     _target(ls)
     ls.add_argument("--state", choices=[s.value.lower() for s in LifecycleState])
@@ -200,6 +221,71 @@ def _search_one(args: argparse.Namespace) -> int:
             return 0
 
     return _rpc(run)
+
+
+REPLAY_FIELDS = (
+    "objective", "objective_weight", "patience", "min_delta", "ensemble_k",
+    "best_k", "worst_k", "temperature", "strategy",
+)  # fmt: skip
+
+
+def _search_replay(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        from promptclimb.client import CoordinatorClient
+
+        changes = {f: getattr(args, f) for f in REPLAY_FIELDS if getattr(args, f) is not None}
+        if not changes:
+            print("error: name at least one rule to replay with (e.g. --patience 2)", file=sys.stderr)
+            return 2
+        async with CoordinatorClient(args.coordinator) as client:
+            reply = await client.replay(args.name, **changes)
+        if args.json:
+            from promptclimb.export import search_to_dict
+
+            both = {"original": search_to_dict(reply.original), "replayed": search_to_dict(reply.replayed)}
+            print(json.dumps({**both, "scored": list(reply.scored)}, indent=2, ensure_ascii=False))
+            return 0
+        print(replay_report(reply, changes))
+        return 0
+
+    return _rpc(run)
+
+
+def replay_report(reply: Any, changes: dict[str, Any]) -> str:
+    """Original and replayed outcome side by side."""
+    a, b = reply.original, reply.replayed
+    said = ", ".join(f"{k}={v}" for k, v in changes.items())
+    rows = [
+        (
+            "end",
+            f"{a.end_reason} at r{a.restart}.i{a.iteration}",
+            f"{b.end_reason} at r{b.restart}.i{b.iteration}",
+        ),
+        ("best template", a.result.best.template, b.result.best.template),
+        ("selection accuracy", f"{a.result.best.accuracy:.4f}", f"{b.result.best.accuracy:.4f}"),
+        (
+            "evaluation accuracy",
+            f"{a.result.best_evaluation_accuracy:.4f}",
+            f"{b.result.best_evaluation_accuracy:.4f}",
+        ),
+        (
+            f"ensemble accuracy (top {len(a.result.ensemble_templates)}/{len(b.result.ensemble_templates)})",
+            f"{a.result.ensemble_evaluation_accuracy:.4f}",
+            f"{b.result.ensemble_evaluation_accuracy:.4f}",
+        ),
+        ("LLM calls", str(a.usage.llm_calls), str(b.usage.llm_calls)),
+        ("templates scored (selection)", str(len(a.history)), str(len(b.history))),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"replay of {a.name} with {said}", f"{'':{width}}  original  ->  replayed"]
+    lines += [f"{name:{width}}  {x}  ->  {y}" for name, x, y in rows]
+    saved = a.usage.llm_calls - b.usage.llm_calls
+    lines.append(f"LLM calls the new rule would have saved: {saved}" if saved > 0 else "no LLM call saved")
+    lines.append(
+        "scored for this replay: "
+        + (", ".join(reply.scored) if reply.scored else "nothing (all from the journal)")
+    )
+    return "\n".join(lines)
 
 
 def _search_list(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -312,3 +312,47 @@ def search_to_proto(r: SearchRecord, *, full: bool) -> coordinator_pb2.Search:
 def search_id_of(name: str) -> str:
     """The id in ``searches/{id}`` (a bare id is accepted too)."""
     return name[len(NAME_PREFIX) :] if name.startswith(NAME_PREFIX) else name
+
+
+def replay_overrides(spec: coordinator_pb2.SearchSpec, paths: list[str]) -> dict[str, Any]:
+    """The domain values of the spec fields named in a replay's update mask.
+
+    Raises :class:`~services.coordinator.replay.ReplayRefused` for a field a replay may not change
+    and :class:`ServiceError` (INVALID_ARGUMENT) for a value out of range.
+    """
+    from services.coordinator.replay import REPLAYABLE, ReplayRefused
+
+    overrides: dict[str, Any] = {}
+    bad: list[tuple[str, str]] = []
+    for path in paths:
+        if path not in REPLAYABLE:
+            raise ReplayRefused(
+                f"{path} cannot be replayed: it changes what the LLM is shown or what is scored during "
+                "the search; start a new search"
+            )
+        if path == "objective":
+            if (
+                spec.objective != coordinator_pb2.OBJECTIVE_UNSPECIFIED
+                and spec.objective not in OBJECTIVE_FROM_PROTO
+            ):
+                bad.append(("spec.objective", "unknown objective"))
+            overrides[path] = OBJECTIVE_FROM_PROTO.get(spec.objective, DEFAULT_OBJECTIVE)
+        elif path == "ensemble_k":
+            overrides[path] = spec.ensemble_k or 3
+        else:
+            overrides[path] = getattr(spec, path)
+    if overrides.get("patience", 0) < 0:
+        bad.append(("spec.patience", "must not be negative"))
+    if not 0.0 <= overrides.get("min_delta", 0.0) < 1.0:
+        bad.append(("spec.min_delta", "must be in [0, 1)"))
+    if not 0.0 <= overrides.get("objective_weight", 0.0) <= 100.0:
+        bad.append(("spec.objective_weight", "must be in [0, 100]"))
+    if not 1 <= overrides.get("ensemble_k", 1) <= 100:
+        bad.append(("spec.ensemble_k", "must be in [1, 100]"))
+    if bad:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "invalid replay: " + "; ".join(f"{f}: {d}" for f, d in bad),
+            field_violations=bad,
+        )
+    return overrides

@@ -14,6 +14,7 @@ Error semantics (AIP-style):
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -27,11 +28,14 @@ from services.coordinator.convert import (
     STATE_FROM_PROTO,
     SearchEvent,
     config_from_spec,
+    replay_overrides,
     search_id_of,
     search_to_proto,
 )
+from services.coordinator.replay import ReplayRefused, replay
 from services.coordinator.runner import SearchRunner
-from services.coordinator.store import is_transient
+from services.coordinator.search import SearchFailed
+from services.coordinator.store import Progress, is_transient
 from services.coordinator.watch import watch
 
 MAX_PAGE_SIZE = 100
@@ -148,4 +152,62 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         token = base64.urlsafe_b64encode(str(offset + size).encode()).decode() if len(records) > size else ""
         return coordinator_pb2.ListSearchesResponse(
             searches=[search_to_proto(r, full=False) for r in records[:size]], next_page_token=token
+        )
+
+    @_store_outage_is_unavailable
+    async def ReplaySearch(self, request, context):  # type: ignore[no-untyped-def]
+        """A finished search run again from its journal under the masked spec fields; nothing stored."""
+        search_id = search_id_of(request.name)
+        record = await self.store.get(search_id, with_history=True)
+        if record is None:
+            await abort(context, not_found("search", request.name))
+        if not record.done:
+            await abort(
+                context,
+                ServiceError(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"search {request.name!r} is still {record.state}"
+                ),
+            )
+        try:
+            overrides = replay_overrides(request.spec, list(request.update_mask.paths))
+            outcome = await replay(
+                record.config,
+                record.progress.result,
+                await self.store.scores(search_id),
+                await self.store.proposals(search_id),
+                self.runner.scorer,
+                overrides,
+                record.start_time or record.create_time,
+            )
+        except ServiceError as err:
+            await abort(context, err)
+        except ReplayRefused as err:
+            await abort(context, ServiceError(grpc.StatusCode.FAILED_PRECONDITION, str(err)))
+        except SearchFailed as err:  # the scorer, for a new pick's evaluation score
+            await abort(
+                context,
+                ServiceError(getattr(grpc.StatusCode, err.code, grpc.StatusCode.UNAVAILABLE), err.message),
+            )
+        state = outcome.state
+        progress = Progress(
+            iterations=state.iterations,
+            usage=state.usage,
+            best=state.best,
+            result=state.result,
+            end_reason=state.end_reason,
+            wall_seconds=record.progress.wall_seconds,
+        )
+        replayed = dataclasses.replace(
+            record,
+            config=state.config,
+            phase=state.phase.value,
+            restart=state.restart,
+            iteration=state.iteration,
+            progress=progress,
+            history=list(state.history),
+        )
+        return coordinator_pb2.ReplaySearchResponse(
+            original=search_to_proto(record, full=True),
+            replayed=search_to_proto(replayed, full=True),
+            scored=outcome.scored,
         )

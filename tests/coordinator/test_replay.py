@@ -6,6 +6,7 @@ import pytest
 
 from services.coordinator.replay import ReplayRefused, replay
 from services.coordinator.search import SearchConfig, SearchState
+from tests.coordinator.conftest import Harness
 from tests.coordinator.test_core import CountingScorer, MemoryJournal, ScriptedProposer, climb
 
 
@@ -60,3 +61,49 @@ async def test_a_replay_past_where_the_search_stopped_is_refused() -> None:
     assert state.end_reason == "converged"
     with pytest.raises(ReplayRefused, match="needs LLM calls the search never made"):
         await replay(config, state.result, journal.scores, journal.proposals, scorer, {"patience": 0}, 0.0)
+
+
+async def test_replay_over_grpc_saves_llm_calls_and_refuses_what_changes_the_llms_view(
+    harness: Harness,
+) -> None:
+    import grpc
+
+    from promptclimb.api.v1 import coordinator_pb2 as pb
+    from promptclimb.cli.search import replay_report
+    from promptclimb.client import make_spec
+
+    search = await harness.client.start(
+        make_spec("toy", iterations=12, restarts=1, templates_per_iteration=1)
+    )
+    done = await harness.client.wait(search.name)
+    assert done.state == pb.SEARCH_STATE_SUCCEEDED and done.usage.llm_calls == 12
+    asked, scored = len(harness.optimizer.requests), sum(harness.scorer.scored.values())
+
+    reply = await harness.client.replay(search.name, patience=2)
+    assert reply.replayed.end_reason == "converged"
+    assert reply.replayed.usage.llm_calls < 12
+    assert len(harness.optimizer.requests) == asked  # no LLM call
+    changed = reply.replayed.result.best.template != done.result.best.template
+    assert sum(harness.scorer.scored.values()) - scored == (1 if changed else 0)  # test split only
+    assert reply.original.usage.llm_calls == 12
+    stored = await harness.client.get(search.name)
+    assert stored.end_reason == "completed"  # nothing stored
+    text = replay_report(reply, {"patience": 2})
+    assert (
+        "converged" in text
+        and f"LLM calls the new rule would have saved: {12 - reply.replayed.usage.llm_calls}" in text
+    )
+
+    try:
+        await harness.client.replay(search.name, best_k=9)
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "best_k cannot be replayed: it changes what the LLM is shown" in (err.details() or "")
+    else:
+        raise AssertionError("a replay that changes what the LLM sees was accepted")
+    try:
+        await harness.client.replay("searches/unknown", patience=1)
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+    else:
+        raise AssertionError("replay of an unknown search was accepted")

@@ -23,63 +23,68 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from promptclimb.api.v1 import common_pb2 as promptclimb_dot_api_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$promptclimb/api/v1/coordinator.proto\x12\x12promptclimb.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fpromptclimb/api/v1/common.proto\"}\n\x06\x42udget\x12\x15\n\rmax_llm_calls\x18\x01 \x01(\x03\x12\x12\n\nmax_tokens\x18\x02 \x01(\x03\x12\x17\n\x0fmax_evaluations\x18\x03 \x01(\x03\x12/\n\x0cmax_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"!\n\x0cTemplateList\x12\x11\n\ttemplates\x18\x01 \x03(\t\"|\n\x0bInitialPool\x12\x14\n\nnamed_pool\x18\x01 \x01(\tH\x00\x12\x35\n\ttemplates\x18\x02 \x01(\x0b\x32 .promptclimb.api.v1.TemplateListH\x00\x12\x16\n\x0cllm_starters\x18\x03 \x01(\x05H\x00\x42\x08\n\x06source\"\xcd\x05\n\nSearchSpec\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x17\n\x0fselection_split\x18\x02 \x01(\t\x12\x18\n\x10\x65valuation_split\x18\x03 \x01(\t\x12.\n\x08strategy\x18\x04 \x01(\x0e\x32\x1c.promptclimb.api.v1.Strategy\x12\x13\n\x06\x62\x65st_k\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x07worst_k\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x35\n\x0cinitial_pool\x18\x08 \x01(\x0b\x32\x1f.promptclimb.api.v1.InitialPool\x12\x10\n\x08restarts\x18\t \x01(\x05\x12\x12\n\niterations\x18\n \x01(\x05\x12\x1f\n\x17templates_per_iteration\x18\x0b \x01(\x05\x12*\n\x06\x62udget\x18\x0c \x01(\x0b\x32\x1a.promptclimb.api.v1.Budget\x12\x0c\n\x04seed\x18\r \x01(\x03\x12\x18\n\x10task_description\x18\x0e \x01(\t\x12\x12\n\nensemble_k\x18\x0f \x01(\x05\x12\x14\n\x0c\x64isplay_name\x18\x10 \x01(\t\x12\x10\n\x08patience\x18\x11 \x01(\x05\x12\x11\n\tmin_delta\x18\x12 \x01(\x01\x12)\n\x03mix\x18\x13 \x03(\x0e\x32\x1c.promptclimb.api.v1.Strategy\x12-\n\x08mix_mode\x18\x14 \x01(\x0e\x32\x1b.promptclimb.api.v1.MixMode\x12\x30\n\tobjective\x18\x15 \x01(\x0e\x32\x1d.promptclimb.api.v1.Objective\x12\x1d\n\x10objective_weight\x18\x16 \x01(\x01H\x03\x88\x01\x01\x42\t\n\x07_best_kB\n\n\x08_worst_kB\x0e\n\x0c_temperatureB\x13\n\x11_objective_weight\"\xab\x01\n\x10IterationSummary\x12\x0f\n\x07restart\x18\x01 \x01(\x05\x12\x11\n\titeration\x18\x02 \x01(\x05\x12\x15\n\rbest_accuracy\x18\x03 \x01(\x01\x12\x15\n\rmean_accuracy\x18\x04 \x01(\x01\x12\x15\n\rnum_templates\x18\x05 \x01(\x05\x12\x17\n\x0fpropose_seconds\x18\x06 \x01(\x01\x12\x15\n\rscore_seconds\x18\x07 \x01(\x01\"\xb5\x01\n\x0cSearchResult\x12\x30\n\x04\x62\x65st\x18\x01 \x01(\x0b\x32\".promptclimb.api.v1.ScoredTemplate\x12 \n\x18\x62\x65st_evaluation_accuracy\x18\x02 \x01(\x01\x12\x1a\n\x12\x65nsemble_templates\x18\x03 \x03(\t\x12$\n\x1c\x65nsemble_evaluation_accuracy\x18\x04 \x01(\x01\x12\x0f\n\x07partial\x18\x05 \x01(\x08\"\xb3\x05\n\x06Search\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12,\n\x04spec\x18\x03 \x01(\x0b\x32\x1e.promptclimb.api.v1.SearchSpec\x12.\n\x05state\x18\x04 \x01(\x0e\x32\x1f.promptclimb.api.v1.SearchState\x12.\n\x05phase\x18\x05 \x01(\x0e\x32\x1f.promptclimb.api.v1.SearchPhase\x12\x0f\n\x07restart\x18\x06 \x01(\x05\x12\x11\n\titeration\x18\x07 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x04\x62\x65st\x18\x0b \x01(\x0b\x32\".promptclimb.api.v1.ScoredTemplate\x12\x30\n\x06result\x18\x0c \x01(\x0b\x32 .promptclimb.api.v1.SearchResult\x12\x33\n\x07history\x18\r \x03(\x0b\x32\".promptclimb.api.v1.ScoredTemplate\x12\x38\n\niterations\x18\x0e \x03(\x0b\x32$.promptclimb.api.v1.IterationSummary\x12(\n\x05usage\x18\x0f \x01(\x0b\x32\x19.promptclimb.api.v1.Usage\x12\x14\n\x0cwall_seconds\x18\x10 \x01(\x01\x12\x12\n\nend_reason\x18\x11 \x01(\t\x12\x12\n\nerror_code\x18\x12 \x01(\x05\x12\x12\n\nrequest_id\x18\x13 \x01(\t\"V\n\x12StartSearchRequest\x12,\n\x04spec\x18\x01 \x01(\x0b\x32\x1e.promptclimb.api.v1.SearchSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"A\n\x13StartSearchResponse\x12*\n\x06search\x18\x01 \x01(\x0b\x32\x1a.promptclimb.api.v1.Search\"N\n\x10GetSearchRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x04view\x18\x02 \x01(\x0e\x32\x1e.promptclimb.api.v1.SearchView\"?\n\x11GetSearchResponse\x12*\n\x06search\x18\x01 \x01(\x0b\x32\x1a.promptclimb.api.v1.Search\"P\n\x12WatchSearchRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x04view\x18\x02 \x01(\x0e\x32\x1e.promptclimb.api.v1.SearchView\"u\n\x13WatchSearchResponse\x12\x32\n\x05\x65vent\x18\x01 \x01(\x0e\x32#.promptclimb.api.v1.SearchEventType\x12*\n\x06search\x18\x02 \x01(\x0b\x32\x1a.promptclimb.api.v1.Search\"#\n\x13\x43\x61ncelSearchRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x14\x43\x61ncelSearchResponse\x12*\n\x06search\x18\x01 \x01(\x0b\x32\x1a.promptclimb.api.v1.Search\"l\n\x13ListSearchesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12.\n\x05state\x18\x03 \x01(\x0e\x32\x1f.promptclimb.api.v1.SearchState\"]\n\x14ListSearchesResponse\x12,\n\x08searches\x18\x01 \x03(\x0b\x32\x1a.promptclimb.api.v1.Search\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*w\n\tObjective\x12\x19\n\x15OBJECTIVE_UNSPECIFIED\x10\x00\x12\x16\n\x12OBJECTIVE_ACCURACY\x10\x01\x12 \n\x1cOBJECTIVE_ACCURACY_THEN_LOSS\x10\x02\x12\x15\n\x11OBJECTIVE_BLENDED\x10\x03*L\n\x07MixMode\x12\x18\n\x14MIX_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0eMIX_MODE_SPLIT\x10\x01\x12\x13\n\x0fMIX_MODE_BANDIT\x10\x02*\xb0\x01\n\x0bSearchState\x12\x1c\n\x18SEARCH_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SEARCH_STATE_PENDING\x10\x01\x12\x18\n\x14SEARCH_STATE_RUNNING\x10\x02\x12\x1a\n\x16SEARCH_STATE_SUCCEEDED\x10\x03\x12\x17\n\x13SEARCH_STATE_FAILED\x10\x04\x12\x1a\n\x16SEARCH_STATE_CANCELLED\x10\x05*\xaf\x01\n\x0bSearchPhase\x12\x1c\n\x18SEARCH_PHASE_UNSPECIFIED\x10\x00\x12\x18\n\x14SEARCH_PHASE_SEEDING\x10\x01\x12\x1a\n\x16SEARCH_PHASE_PROPOSING\x10\x02\x12\x18\n\x14SEARCH_PHASE_SCORING\x10\x03\x12\x1b\n\x17SEARCH_PHASE_EVALUATING\x10\x04\x12\x15\n\x11SEARCH_PHASE_DONE\x10\x05*V\n\nSearchView\x12\x1b\n\x17SEARCH_VIEW_UNSPECIFIED\x10\x00\x12\x15\n\x11SEARCH_VIEW_BASIC\x10\x01\x12\x14\n\x10SEARCH_VIEW_FULL\x10\x02*\xe4\x01\n\x0fSearchEventType\x12!\n\x1dSEARCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aSEARCH_EVENT_TYPE_SNAPSHOT\x10\x01\x12#\n\x1fSEARCH_EVENT_TYPE_STATE_CHANGED\x10\x02\x12#\n\x1fSEARCH_EVENT_TYPE_PHASE_CHANGED\x10\x03\x12$\n SEARCH_EVENT_TYPE_ITERATION_DONE\x10\x04\x12\x1e\n\x1aSEARCH_EVENT_TYPE_NEW_BEST\x10\x05\x32\xf6\x03\n\x12\x43oordinatorService\x12^\n\x0bStartSearch\x12&.promptclimb.api.v1.StartSearchRequest\x1a\'.promptclimb.api.v1.StartSearchResponse\x12X\n\tGetSearch\x12$.promptclimb.api.v1.GetSearchRequest\x1a%.promptclimb.api.v1.GetSearchResponse\x12`\n\x0bWatchSearch\x12&.promptclimb.api.v1.WatchSearchRequest\x1a\'.promptclimb.api.v1.WatchSearchResponse0\x01\x12\x61\n\x0c\x43\x61ncelSearch\x12\'.promptclimb.api.v1.CancelSearchRequest\x1a(.promptclimb.api.v1.CancelSearchResponse\x12\x61\n\x0cListSearches\x12\'.promptclimb.api.v1.ListSearchesRequest\x1a(.promptclimb.api.v1.ListSearchesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$promptclimb/api/v1/coordinator.proto\x12\x12promptclimb.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fpromptclimb/api/v1/common.proto\"}\n\x06\x42udget\x12\x15\n\rmax_llm_calls\x18\x01 \x01(\x03\x12\x12\n\nmax_tokens\x18\x02 \x01(\x03\x12\x17\n\x0fmax_evaluations\x18\x03 \x01(\x03\x12/\n\x0cmax_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"!\n\x0cTemplateList\x12\x11\n\ttemplates\x18\x01 \x03(\t\"|\n\x0bInitialPool\x12\x14\n\nnamed_pool\x18\x01 \x01(\tH\x00\x12\x35\n\ttemplates\x18\x02 \x01(\x0b\x32 .promptclimb.api.v1.TemplateListH\x00\x12\x16\n\x0cllm_starters\x18\x03 \x01(\x05H\x00\x42\x08\n\x06source\"\xcd\x05\n\nSearchSpec\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x17\n\x0fselection_split\x18\x02 \x01(\t\x12\x18\n\x10\x65valuation_split\x18\x03 \x01(\t\x12.\n\x08strategy\x18\x04 \x01(\x0e\x32\x1c.promptclimb.api.v1.Strategy\x12\x13\n\x06\x62\x65st_k\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x07worst_k\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x35\n\x0cinitial_pool\x18\x08 \x01(\x0b\x32\x1f.promptclimb.api.v1.InitialPool\x12\x10\n\x08restarts\x18\t \x01(\x05\x12\x12\n\niterations\x18\n \x01(\x05\x12\x1f\n\x17templates_per_iteration\x18\x0b \x01(\x05\x12*\n\x06\x62udget\x18\x0c \x01(\x0b\x32\x1a.promptclimb.api.v1.Budget\x12\x0c\n\x04seed\x18\r \x01(\x03\x12\x18\n\x10task_description\x18\x0e \x01(\t\x12\x12\n\nensemble_k\x18\x0f \x01(\x05\x12\x14\n\x0c\x64isplay_name\x18\x10 \x01(\t\x12\x10\n\x08patience\x18\x11 \x01(\x05\x12\x11\n\tmin_delta\x18\x12 \x01(\x01\x12)\n\x03mix\x18\x13 \x03(\x0e\x32\x1c.promptclimb.api.v1.Strategy\x12-\n\x08mix_mode\x18\x14 \x01(\x0e\x32\x1b.promptclimb.api.v1.MixMode\x12\x30\n\tobjective\x18\x15 \x01(\x0e\x32\x1d.promptclimb.api.v1.Objective\x12\x1d\n\x10objective_weight\x18\x16 \x01(\x01H\x03\x88\x01\x01\x42\t\n\x07_best_kB\n\n\x08_worst_kB\x0e\n\x0c_temperatureB\x13\n\x11_objective_weight\"\xab\x01\n\x10IterationSummary\x12\x0f\n\x07restart\x18\x01 \x01(\x05\x12\x11\n\titeration\x18\x02 \x01(\x05\x12\x15\n\rbest_accuracy\x18\x03 \x01(\x01\x12\x15\n\rmean_accuracy\x18\x04 \x01(\x01\x12\x15\n\rnum_templates\x18\x05 \x01(\x05\x12\x17\n\x0fpropose_seconds\x18\x06 \x01(\x01\x12\x15\n\rscore_seconds\x18\x07 \x01(\x01\"\xb5\x01\n\x0cSearchResult\x12\x30\n\x04\x62\x65st\x18\x01 \x01(\x0b\x32\".promptclimb.api.v1.ScoredTemplate\x12 \n\x18\x62\x65st_evaluation_accuracy\x18\x02 \x01(\x01\x12\x1a\n\x12\x65nsemble_templates\x18\x03 \x03(\t\x12$\n\x1c\x65nsemble_evaluation_accuracy\x18\x04 \x01(\x01\x12\x0f\n\x07partial\x18\x05 \x01(\x08\"\xb3\x05\n\x06Search\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12,\n\x04spec\x18\x03 \x01(\x0b\x32\x1e.promptclimb.api.v1.SearchSpec\x12.\n\x05state\x18\x04 \x01(\x0e\x32\x1f.promptclimb.api.v1.SearchState\x12.\n\x05phase\x18\x05 \x01(\x0e\x32\x1f.promptclimb.api.v1.SearchPhase\x12\x0f\n\x07restart\x18\x06 \x01(\x05\x12\x11\n\titeration\x18\x07 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x04\x62\x65st\x18\x0b \x01(\x0b\x32\".promptclimb.api.v1.ScoredTemplate\x12\x30\n\x06result\x18\x0c \x01(\x0b\x32 .promptclimb.api.v1.SearchResult\x12\x33\n\x07history\x18\r \x03(\x0b\x32\".promptclimb.api.v1.ScoredTemplate\x12\x38\n\niterations\x18\x0e \x03(\x0b\x32$.promptclimb.api.v1.IterationSummary\x12(\n\x05usage\x18\x0f \x01(\x0b\x32\x19.promptclimb.api.v1.Usage\x12\x14\n\x0cwall_seconds\x18\x10 \x01(\x01\x12\x12\n\nend_reason\x18\x11 \x01(\t\x12\x12\n\nerror_code\x18\x12 \x01(\x05\x12\x12\n\nrequest_id\x18\x13 \x01(\t\"V\n\x12StartSearchRequest\x12,\n\x04spec\x18\x01 \x01(\x0b\x32\x1e.promptclimb.api.v1.SearchSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"A\n\x13StartSearchResponse\x12*\n\x06search\x18\x01 \x01(\x0b\x32\x1a.promptclimb.api.v1.Search\"N\n\x10GetSearchRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x04view\x18\x02 \x01(\x0e\x32\x1e.promptclimb.api.v1.SearchView\"?\n\x11GetSearchResponse\x12*\n\x06search\x18\x01 \x01(\x0b\x32\x1a.promptclimb.api.v1.Search\"P\n\x12WatchSearchRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x04view\x18\x02 \x01(\x0e\x32\x1e.promptclimb.api.v1.SearchView\"u\n\x13WatchSearchResponse\x12\x32\n\x05\x65vent\x18\x01 \x01(\x0e\x32#.promptclimb.api.v1.SearchEventType\x12*\n\x06search\x18\x02 \x01(\x0b\x32\x1a.promptclimb.api.v1.Search\"#\n\x13\x43\x61ncelSearchRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x14\x43\x61ncelSearchResponse\x12*\n\x06search\x18\x01 \x01(\x0b\x32\x1a.promptclimb.api.v1.Search\"l\n\x13ListSearchesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12.\n\x05state\x18\x03 \x01(\x0e\x32\x1f.promptclimb.api.v1.SearchState\"]\n\x14ListSearchesResponse\x12,\n\x08searches\x18\x01 \x03(\x0b\x32\x1a.promptclimb.api.v1.Search\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x82\x01\n\x13ReplaySearchRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x04spec\x18\x02 \x01(\x0b\x32\x1e.promptclimb.api.v1.SearchSpec\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\x82\x01\n\x14ReplaySearchResponse\x12,\n\x08original\x18\x01 \x01(\x0b\x32\x1a.promptclimb.api.v1.Search\x12,\n\x08replayed\x18\x02 \x01(\x0b\x32\x1a.promptclimb.api.v1.Search\x12\x0e\n\x06scored\x18\x03 \x03(\t*w\n\tObjective\x12\x19\n\x15OBJECTIVE_UNSPECIFIED\x10\x00\x12\x16\n\x12OBJECTIVE_ACCURACY\x10\x01\x12 \n\x1cOBJECTIVE_ACCURACY_THEN_LOSS\x10\x02\x12\x15\n\x11OBJECTIVE_BLENDED\x10\x03*L\n\x07MixMode\x12\x18\n\x14MIX_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0eMIX_MODE_SPLIT\x10\x01\x12\x13\n\x0fMIX_MODE_BANDIT\x10\x02*\xb0\x01\n\x0bSearchState\x12\x1c\n\x18SEARCH_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SEARCH_STATE_PENDING\x10\x01\x12\x18\n\x14SEARCH_STATE_RUNNING\x10\x02\x12\x1a\n\x16SEARCH_STATE_SUCCEEDED\x10\x03\x12\x17\n\x13SEARCH_STATE_FAILED\x10\x04\x12\x1a\n\x16SEARCH_STATE_CANCELLED\x10\x05*\xaf\x01\n\x0bSearchPhase\x12\x1c\n\x18SEARCH_PHASE_UNSPECIFIED\x10\x00\x12\x18\n\x14SEARCH_PHASE_SEEDING\x10\x01\x12\x1a\n\x16SEARCH_PHASE_PROPOSING\x10\x02\x12\x18\n\x14SEARCH_PHASE_SCORING\x10\x03\x12\x1b\n\x17SEARCH_PHASE_EVALUATING\x10\x04\x12\x15\n\x11SEARCH_PHASE_DONE\x10\x05*V\n\nSearchView\x12\x1b\n\x17SEARCH_VIEW_UNSPECIFIED\x10\x00\x12\x15\n\x11SEARCH_VIEW_BASIC\x10\x01\x12\x14\n\x10SEARCH_VIEW_FULL\x10\x02*\xe4\x01\n\x0fSearchEventType\x12!\n\x1dSEARCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aSEARCH_EVENT_TYPE_SNAPSHOT\x10\x01\x12#\n\x1fSEARCH_EVENT_TYPE_STATE_CHANGED\x10\x02\x12#\n\x1fSEARCH_EVENT_TYPE_PHASE_CHANGED\x10\x03\x12$\n SEARCH_EVENT_TYPE_ITERATION_DONE\x10\x04\x12\x1e\n\x1aSEARCH_EVENT_TYPE_NEW_BEST\x10\x05\x32\xd9\x04\n\x12\x43oordinatorService\x12^\n\x0bStartSearch\x12&.promptclimb.api.v1.StartSearchRequest\x1a\'.promptclimb.api.v1.StartSearchResponse\x12X\n\tGetSearch\x12$.promptclimb.api.v1.GetSearchRequest\x1a%.promptclimb.api.v1.GetSearchResponse\x12`\n\x0bWatchSearch\x12&.promptclimb.api.v1.WatchSearchRequest\x1a\'.promptclimb.api.v1.WatchSearchResponse0\x01\x12\x61\n\x0c\x43\x61ncelSearch\x12\'.promptclimb.api.v1.CancelSearchRequest\x1a(.promptclimb.api.v1.CancelSearchResponse\x12\x61\n\x0cListSearches\x12\'.promptclimb.api.v1.ListSearchesRequest\x1a(.promptclimb.api.v1.ListSearchesResponse\x12\x61\n\x0cReplaySearch\x12\'.promptclimb.api.v1.ReplaySearchRequest\x1a(.promptclimb.api.v1.ReplaySearchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'promptclimb.api.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OBJECTIVE']._serialized_start=3029
-  _globals['_OBJECTIVE']._serialized_end=3148
-  _globals['_MIXMODE']._serialized_start=3150
-  _globals['_MIXMODE']._serialized_end=3226
-  _globals['_SEARCHSTATE']._serialized_start=3229
-  _globals['_SEARCHSTATE']._serialized_end=3405
-  _globals['_SEARCHPHASE']._serialized_start=3408
-  _globals['_SEARCHPHASE']._serialized_end=3583
-  _globals['_SEARCHVIEW']._serialized_start=3585
-  _globals['_SEARCHVIEW']._serialized_end=3671
-  _globals['_SEARCHEVENTTYPE']._serialized_start=3674
-  _globals['_SEARCHEVENTTYPE']._serialized_end=3902
-  _globals['_BUDGET']._serialized_start=158
-  _globals['_BUDGET']._serialized_end=283
-  _globals['_TEMPLATELIST']._serialized_start=285
-  _globals['_TEMPLATELIST']._serialized_end=318
-  _globals['_INITIALPOOL']._serialized_start=320
-  _globals['_INITIALPOOL']._serialized_end=444
-  _globals['_SEARCHSPEC']._serialized_start=447
-  _globals['_SEARCHSPEC']._serialized_end=1164
-  _globals['_ITERATIONSUMMARY']._serialized_start=1167
-  _globals['_ITERATIONSUMMARY']._serialized_end=1338
-  _globals['_SEARCHRESULT']._serialized_start=1341
-  _globals['_SEARCHRESULT']._serialized_end=1522
-  _globals['_SEARCH']._serialized_start=1525
-  _globals['_SEARCH']._serialized_end=2216
-  _globals['_STARTSEARCHREQUEST']._serialized_start=2218
-  _globals['_STARTSEARCHREQUEST']._serialized_end=2304
-  _globals['_STARTSEARCHRESPONSE']._serialized_start=2306
-  _globals['_STARTSEARCHRESPONSE']._serialized_end=2371
-  _globals['_GETSEARCHREQUEST']._serialized_start=2373
-  _globals['_GETSEARCHREQUEST']._serialized_end=2451
-  _globals['_GETSEARCHRESPONSE']._serialized_start=2453
-  _globals['_GETSEARCHRESPONSE']._serialized_end=2516
-  _globals['_WATCHSEARCHREQUEST']._serialized_start=2518
-  _globals['_WATCHSEARCHREQUEST']._serialized_end=2598
-  _globals['_WATCHSEARCHRESPONSE']._serialized_start=2600
-  _globals['_WATCHSEARCHRESPONSE']._serialized_end=2717
-  _globals['_CANCELSEARCHREQUEST']._serialized_start=2719
-  _globals['_CANCELSEARCHREQUEST']._serialized_end=2754
-  _globals['_CANCELSEARCHRESPONSE']._serialized_start=2756
-  _globals['_CANCELSEARCHRESPONSE']._serialized_end=2822
-  _globals['_LISTSEARCHESREQUEST']._serialized_start=2824
-  _globals['_LISTSEARCHESREQUEST']._serialized_end=2932
-  _globals['_LISTSEARCHESRESPONSE']._serialized_start=2934
-  _globals['_LISTSEARCHESRESPONSE']._serialized_end=3027
-  _globals['_COORDINATORSERVICE']._serialized_start=3905
-  _globals['_COORDINATORSERVICE']._serialized_end=4407
+  _globals['_OBJECTIVE']._serialized_start=3329
+  _globals['_OBJECTIVE']._serialized_end=3448
+  _globals['_MIXMODE']._serialized_start=3450
+  _globals['_MIXMODE']._serialized_end=3526
+  _globals['_SEARCHSTATE']._serialized_start=3529
+  _globals['_SEARCHSTATE']._serialized_end=3705
+  _globals['_SEARCHPHASE']._serialized_start=3708
+  _globals['_SEARCHPHASE']._serialized_end=3883
+  _globals['_SEARCHVIEW']._serialized_start=3885
+  _globals['_SEARCHVIEW']._serialized_end=3971
+  _globals['_SEARCHEVENTTYPE']._serialized_start=3974
+  _globals['_SEARCHEVENTTYPE']._serialized_end=4202
+  _globals['_BUDGET']._serialized_start=192
+  _globals['_BUDGET']._serialized_end=317
+  _globals['_TEMPLATELIST']._serialized_start=319
+  _globals['_TEMPLATELIST']._serialized_end=352
+  _globals['_INITIALPOOL']._serialized_start=354
+  _globals['_INITIALPOOL']._serialized_end=478
+  _globals['_SEARCHSPEC']._serialized_start=481
+  _globals['_SEARCHSPEC']._serialized_end=1198
+  _globals['_ITERATIONSUMMARY']._serialized_start=1201
+  _globals['_ITERATIONSUMMARY']._serialized_end=1372
+  _globals['_SEARCHRESULT']._serialized_start=1375
+  _globals['_SEARCHRESULT']._serialized_end=1556
+  _globals['_SEARCH']._serialized_start=1559
+  _globals['_SEARCH']._serialized_end=2250
+  _globals['_STARTSEARCHREQUEST']._serialized_start=2252
+  _globals['_STARTSEARCHREQUEST']._serialized_end=2338
+  _globals['_STARTSEARCHRESPONSE']._serialized_start=2340
+  _globals['_STARTSEARCHRESPONSE']._serialized_end=2405
+  _globals['_GETSEARCHREQUEST']._serialized_start=2407
+  _globals['_GETSEARCHREQUEST']._serialized_end=2485
+  _globals['_GETSEARCHRESPONSE']._serialized_start=2487
+  _globals['_GETSEARCHRESPONSE']._serialized_end=2550
+  _globals['_WATCHSEARCHREQUEST']._serialized_start=2552
+  _globals['_WATCHSEARCHREQUEST']._serialized_end=2632
+  _globals['_WATCHSEARCHRESPONSE']._serialized_start=2634
+  _globals['_WATCHSEARCHRESPONSE']._serialized_end=2751
+  _globals['_CANCELSEARCHREQUEST']._serialized_start=2753
+  _globals['_CANCELSEARCHREQUEST']._serialized_end=2788
+  _globals['_CANCELSEARCHRESPONSE']._serialized_start=2790
+  _globals['_CANCELSEARCHRESPONSE']._serialized_end=2856
+  _globals['_LISTSEARCHESREQUEST']._serialized_start=2858
+  _globals['_LISTSEARCHESREQUEST']._serialized_end=2966
+  _globals['_LISTSEARCHESRESPONSE']._serialized_start=2968
+  _globals['_LISTSEARCHESRESPONSE']._serialized_end=3061
+  _globals['_REPLAYSEARCHREQUEST']._serialized_start=3064
+  _globals['_REPLAYSEARCHREQUEST']._serialized_end=3194
+  _globals['_REPLAYSEARCHRESPONSE']._serialized_start=3197
+  _globals['_REPLAYSEARCHRESPONSE']._serialized_end=3327
+  _globals['_COORDINATORSERVICE']._serialized_start=4205
+  _globals['_COORDINATORSERVICE']._serialized_end=4806
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from promptclimb.api.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
@@ -309,3 +310,23 @@ class ListSearchesResponse(_message.Message):
     searches: _containers.RepeatedCompositeFieldContainer[Search]
     next_page_token: str
     def __init__(self, searches: _Optional[_Iterable[_Union[Search, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ReplaySearchRequest(_message.Message):
+    __slots__ = ("name", "spec", "update_mask")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    spec: SearchSpec
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[SearchSpec, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class ReplaySearchResponse(_message.Message):
+    __slots__ = ("original", "replayed", "scored")
+    ORIGINAL_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    SCORED_FIELD_NUMBER: _ClassVar[int]
+    original: Search
+    replayed: Search
+    scored: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, original: _Optional[_Union[Search, _Mapping]] = ..., replayed: _Optional[_Union[Search, _Mapping]] = ..., scored: _Optional[_Iterable[str]] = ...) -> None: ...

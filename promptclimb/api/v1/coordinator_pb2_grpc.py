@@ -60,6 +60,11 @@ class CoordinatorServiceStub:
                 request_serializer=promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ListSearchesRequest.SerializeToString,
                 response_deserializer=promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ListSearchesResponse.FromString,
                 _registered_method=True)
+        self.ReplaySearch = channel.unary_unary(
+                '/promptclimb.api.v1.CoordinatorService/ReplaySearch',
+                request_serializer=promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ReplaySearchRequest.SerializeToString,
+                response_deserializer=promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ReplaySearchResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -98,6 +103,15 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplaySearch(self, request, context):
+        """Re-runs a finished search from its journal under other stopping or picking rules, with no LLM
+        call and no selection scoring (a new pick is scored once on the evaluation split); stores
+        nothing. A rule that changes what the LLM is shown is refused (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +139,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.ListSearches,
                     request_deserializer=promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ListSearchesRequest.FromString,
                     response_serializer=promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ListSearchesResponse.SerializeToString,
+            ),
+            'ReplaySearch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplaySearch,
+                    request_deserializer=promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ReplaySearchRequest.FromString,
+                    response_serializer=promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ReplaySearchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +282,33 @@ class CoordinatorService:
             '/promptclimb.api.v1.CoordinatorService/ListSearches',
             promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ListSearchesRequest.SerializeToString,
             promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ListSearchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplaySearch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptclimb.api.v1.CoordinatorService/ReplaySearch',
+            promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ReplaySearchRequest.SerializeToString,
+            promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ReplaySearchResponse.FromString,
             options,
             channel_credentials,
             insecure,
