@@ -22,7 +22,7 @@ from promptclimb.common.errors import ServiceError, abort, retry_delay_of
 from promptclimb.common.server import ServiceServer
 from promptclimb.common.settings import ServerSettings
 from promptclimb.testing.tiny_clip import make_image_folder, make_tiny_model_dir
-from tests.common.scorer_process import ScorerProcess, start_scorer
+from tests.support.processes import ServedProcess, serve
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -89,19 +89,19 @@ async def test_rich_error_details_decode_on_the_client(server: ServiceServer) ->
 
 
 @pytest.fixture(scope="module")
-def scorer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScorerProcess]:
+def scorer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProcess]:
     root = tmp_path_factory.mktemp("plumbing")
     model = make_tiny_model_dir(root / "model")
     images = make_image_folder(root / "images", per_split={"test": 2})
-    proc = start_scorer(
-        ["--model", f"local-dir:{model}", "--dataset", f"demo={images}", "--cache-dir", str(root)]
+    proc = serve(
+        "scorer", "--model", f"local-dir:{model}", "--dataset", f"demo={images}", "--cache-dir", str(root)
     )
     proc.wait_serving()
     yield proc
     proc.stop()
 
 
-def test_reflection_lists_the_services(scorer: ScorerProcess) -> None:
+def test_reflection_lists_the_services(scorer: ServedProcess) -> None:
     with grpc.insecure_channel(scorer.target) as channel:
         services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
     assert services == {SCORER, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
@@ -114,7 +114,7 @@ def _promtool() -> str | None:
     return found or (str(unpacked) if unpacked.is_file() else None)
 
 
-def test_metrics_after_a_call_are_promtool_clean(scorer: ScorerProcess, tmp_path: Path) -> None:
+def test_metrics_after_a_call_are_promtool_clean(scorer: ServedProcess, tmp_path: Path) -> None:
     with grpc.insecure_channel(scorer.target) as channel:
         stub = scorer_pb2_grpc.ScorerServiceStub(channel)
         stub.EvaluatePrompts(
@@ -156,8 +156,9 @@ def test_metrics_after_a_call_are_promtool_clean(scorer: ScorerProcess, tmp_path
 def test_sigterm_flips_health_then_stops(tmp_path: Path) -> None:
     model = make_tiny_model_dir(tmp_path / "model")
     images = make_image_folder(tmp_path / "images", per_split={"test": 1})
-    proc = start_scorer(
-        ["--model", f"local-dir:{model}", "--dataset", f"demo={images}"],
+    proc = serve(
+        "scorer",
+        *("--model", f"local-dir:{model}", "--dataset", f"demo={images}"),
         env={"PROMPTCLIMB_SCORER_GRACE_SECONDS": "1"},
     )
     try:
