@@ -212,6 +212,8 @@ def tables(runs: Sequence[Run], strategies: Sequence[str], objectives: Sequence[
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         by = {(r.strategy, r.seed): r for r in mine}
+        equal = _at_equal_evaluations(by, seeds, strategies)
+        out += []
         for strategy in strategies:
             rows = [by.get((strategy, s)) for s in seeds]
             if any(r is None or not r.picks for r in rows):
@@ -241,6 +243,17 @@ def tables(runs: Sequence[Run], strategies: Sequence[str], objectives: Sequence[
                     f"| {wtl} | {100 * vs_plain.worst:+.1f} | {vs_edit} "
                     f"| {evals:.1f} | {calls:.1f} | {tokens:.0f} | ${cost:.4f} |"
                 )
+        if equal:
+            out += [
+                "",
+                "Against `edit` stopped at the same number of evaluations each search actually spent "
+                "(its best-so-far by accuracy_then_loss; paired, 95% CI; W/T/L):",
+                "",
+                *(
+                    f"- {strategy}: {p.interval()} ({p.wins}/{p.ties}/{p.losses})"
+                    for strategy, p in equal.items()
+                ),
+            ]
         failed_states = sorted(
             {f"{r.strategy}: {r.state} ({r.end_reason})" for r in mine if r.state != "SUCCEEDED"}
         )
@@ -248,6 +261,30 @@ def tables(runs: Sequence[Run], strategies: Sequence[str], objectives: Sequence[
             out += ["", "Searches that did not succeed: " + "; ".join(failed_states)]
         out.append("")
     return "\n".join(out)
+
+
+def _at_equal_evaluations(
+    by: dict[tuple[str, int], Run], seeds: Sequence[int], strategies: Sequence[str]
+) -> dict[str, Any]:
+    """Each strategy's final pick against ``edit``'s best after as many evaluations as it spent."""
+    from promptclimb.bench.stats import paired
+
+    out: dict[str, Any] = {}
+    edits = [by.get(("edit", s)) for s in seeds]
+    if not all(e is not None and e.curve for e in edits):
+        return out
+    for strategy in strategies:
+        rows = [by.get((strategy, s)) for s in seeds]
+        if strategy == "edit" or not all(r is not None and r.curve for r in rows):
+            continue
+        mine = [r.curve[-1][1] for r in rows if r is not None]
+        theirs = [
+            e.curve[min(r.evaluations, len(e.curve)) - 1][1]
+            for r, e in zip(rows, edits, strict=True)
+            if r is not None and e is not None
+        ]
+        out[strategy] = paired(mine, theirs)
+    return out
 
 
 def plot(runs: Sequence[Run], strategies: Sequence[str], path: Path) -> Path:
