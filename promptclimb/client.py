@@ -329,11 +329,16 @@ class ScorerClient:
         templates: list[str],
         *,
         per_class: bool = False,
+        per_image: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline the scorer sees)
     ) -> scorer_pb2.EvaluatePromptsResponse:
-        """Score each template on ``dataset``/``split``; a rejected template has its ``error`` set."""
+        """Score each template on ``dataset``/``split``; a rejected template has its ``error`` set.
+
+        ``per_image``: also every image's result (``per_image_correct`` bits, ``per_image_loss``
+        float32s; :mod:`promptclimb.common.per_image` decodes them).
+        """
         request = scorer_pb2.EvaluatePromptsRequest(
-            dataset=dataset, split=split, templates=templates, per_class=per_class
+            dataset=dataset, split=split, templates=templates, per_class=per_class, per_image=per_image
         )
         return await self.stub.EvaluatePrompts(request, timeout=self._timeout(timeout))
 

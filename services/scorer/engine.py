@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from promptclimb.common.per_image import pack_correct, pack_loss
 from services.scorer import metrics
 from services.scorer.batching import Batcher
 from services.scorer.clip import ClipModel, common_prefix_lengths, length_buckets
@@ -50,6 +51,7 @@ class _Job:
     filled: list[FilledTemplate | str]  # a string is the rejection reason
     per_class: bool
     ensemble: bool
+    per_image: bool = False
 
     @property
     def size(self) -> int:
@@ -173,10 +175,18 @@ class ScoringEngine:
 
     # -- requests (async) --
     async def evaluate(
-        self, dataset: str, split: str, templates: Sequence[str], per_class: bool = False
+        self,
+        dataset: str,
+        split: str,
+        templates: Sequence[str],
+        per_class: bool = False,
+        per_image: bool = False,
     ) -> Evaluation:
-        """Score each template on ``dataset``/``split``; invalid templates get their own error."""
-        return await self._submit(dataset, split, templates, per_class, ensemble=False)
+        """Score each template on ``dataset``/``split``; invalid templates get their own error.
+
+        ``per_image``: also each image's correctness and loss (:mod:`promptclimb.common.per_image`).
+        """
+        return await self._submit(dataset, split, templates, per_class, ensemble=False, per_image=per_image)
 
     async def evaluate_ensemble(
         self, dataset: str, split: str, templates: Sequence[str], per_class: bool = False
@@ -185,7 +195,13 @@ class ScoringEngine:
         return await self._submit(dataset, split, templates, per_class, ensemble=True)
 
     async def _submit(
-        self, dataset_id: str, split: str, templates: Sequence[str], per_class: bool, ensemble: bool
+        self,
+        dataset_id: str,
+        split: str,
+        templates: Sequence[str],
+        per_class: bool,
+        ensemble: bool,
+        per_image: bool = False,
     ) -> Evaluation:
         if not self.ready:
             raise NotReady("the scorer is still loading its model and image features")
@@ -211,7 +227,7 @@ class ScoringEngine:
             bad = [(f"templates[{i}]", f) for i, f in enumerate(filled) if isinstance(f, str)]
             if bad:
                 raise BadRequest("ensemble templates are invalid", "templates", bad)
-        job = _Job(dataset, split, list(templates), filled, per_class, ensemble)
+        job = _Job(dataset, split, list(templates), filled, per_class, ensemble, per_image)
         result = await self.batcher.submit(job, job.size)
         if ensemble and result.scores[0].error:
             raise BadRequest(f"ensemble templates are invalid: {result.scores[0].error}", "templates")
@@ -340,19 +356,25 @@ class ScoringEngine:
                 hit = logits.argmax(dim=-1) == labels
                 correct = hit.sum(dim=1).tolist()
                 log_probs = torch.log_softmax(logits.mul_(scale), dim=-1)
-                losses = (-log_probs.gather(-1, labels.expand(len(w), -1)[..., None])).mean(dim=(1, 2))
+                nll = -log_probs.gather(-1, labels.expand(len(w), -1)[..., None])  # (T, N, 1)
+                losses = nll.mean(dim=(1, 2))
                 per_class = None
                 if job.per_class:
                     totals = torch.bincount(labels, minlength=num_classes).clamp(min=1)
                     per_class = [
                         (torch.bincount(labels[h], minlength=num_classes) / totals).tolist() for h in hit
                     ]
+                if job.per_image:  # one device-to-host copy per chunk
+                    hit_host, nll_host = hit.cpu().numpy(), nll[..., 0].float().cpu().numpy()
                 for k, ci in enumerate(scored[s : s + chunk]):
                     r = results[ci]
                     r.correct, r.total = int(correct[k]), n
                     r.loss = float(losses[k])
                     if per_class is not None:
                         r.per_class_accuracy = [float(x) for x in per_class[k]]
+                    if job.per_image:
+                        r.per_image_correct = pack_correct(hit_host[k])
+                        r.per_image_loss = pack_loss(nll_host[k])
             out.append(Evaluation(results, list(job.dataset.class_names), 0.0))
         seconds = time.perf_counter() - start
         size = sum(job.size for job in batch)

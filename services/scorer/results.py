@@ -17,6 +17,10 @@ class TemplateResult:
     # Mean cross-entropy of the true class under softmax(logit_scale * cosine), CLIP's own
     # zero-shot probabilities: a finer signal than the count for telling tied templates apart.
     loss: float = 0.0
+    # On request: each image's correctness and loss in the split's image order, packed as
+    # promptclimb.common.per_image describes (empty when not asked).
+    per_image_correct: bytes = b""
+    per_image_loss: bytes = b""
 
     @property
     def accuracy(self) -> float:

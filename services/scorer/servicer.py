@@ -72,6 +72,8 @@ def _score(r: TemplateResult) -> scorer_pb2.TemplateScore:
         total=r.total,
         per_class_accuracy=r.per_class_accuracy,
         loss=r.loss,
+        per_image_correct=r.per_image_correct,
+        per_image_loss=r.per_image_loss,
     )
     if r.error is not None:
         msg.error.code = _INVALID_ARGUMENT
@@ -158,7 +160,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         result = await self._call(
             context,
             lambda: self.engine.evaluate(
-                request.dataset, request.split, list(request.templates), request.per_class
+                request.dataset, request.split, list(request.templates), request.per_class, request.per_image
             ),
         )
         return scorer_pb2.EvaluatePromptsResponse(

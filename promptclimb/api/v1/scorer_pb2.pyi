@@ -19,16 +19,18 @@ FEATURES_SOURCE_CACHE: FeaturesSource
 FEATURES_SOURCE_PROVIDED: FeaturesSource
 
 class EvaluatePromptsRequest(_message.Message):
-    __slots__ = ("dataset", "split", "templates", "per_class")
+    __slots__ = ("dataset", "split", "templates", "per_class", "per_image")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     PER_CLASS_FIELD_NUMBER: _ClassVar[int]
+    PER_IMAGE_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     split: str
     templates: _containers.RepeatedScalarFieldContainer[str]
     per_class: bool
-    def __init__(self, dataset: _Optional[str] = ..., split: _Optional[str] = ..., templates: _Optional[_Iterable[str]] = ..., per_class: _Optional[bool] = ...) -> None: ...
+    per_image: bool
+    def __init__(self, dataset: _Optional[str] = ..., split: _Optional[str] = ..., templates: _Optional[_Iterable[str]] = ..., per_class: _Optional[bool] = ..., per_image: _Optional[bool] = ...) -> None: ...
 
 class TemplateError(_message.Message):
     __slots__ = ("code", "message")
@@ -39,7 +41,7 @@ class TemplateError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class TemplateScore(_message.Message):
-    __slots__ = ("template", "accuracy", "correct", "total", "per_class_accuracy", "error", "loss")
+    __slots__ = ("template", "accuracy", "correct", "total", "per_class_accuracy", "error", "loss", "per_image_correct", "per_image_loss")
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     CORRECT_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +49,8 @@ class TemplateScore(_message.Message):
     PER_CLASS_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
+    PER_IMAGE_CORRECT_FIELD_NUMBER: _ClassVar[int]
+    PER_IMAGE_LOSS_FIELD_NUMBER: _ClassVar[int]
     template: str
     accuracy: float
     correct: int
@@ -54,7 +58,9 @@ class TemplateScore(_message.Message):
     per_class_accuracy: _containers.RepeatedScalarFieldContainer[float]
     error: TemplateError
     loss: float
-    def __init__(self, template: _Optional[str] = ..., accuracy: _Optional[float] = ..., correct: _Optional[int] = ..., total: _Optional[int] = ..., per_class_accuracy: _Optional[_Iterable[float]] = ..., error: _Optional[_Union[TemplateError, _Mapping]] = ..., loss: _Optional[float] = ...) -> None: ...
+    per_image_correct: bytes
+    per_image_loss: bytes
+    def __init__(self, template: _Optional[str] = ..., accuracy: _Optional[float] = ..., correct: _Optional[int] = ..., total: _Optional[int] = ..., per_class_accuracy: _Optional[_Iterable[float]] = ..., error: _Optional[_Union[TemplateError, _Mapping]] = ..., loss: _Optional[float] = ..., per_image_correct: _Optional[bytes] = ..., per_image_loss: _Optional[bytes] = ...) -> None: ...
 
 class EvaluatePromptsResponse(_message.Message):
     __slots__ = ("scores", "class_names", "compute_seconds")
