@@ -372,6 +372,13 @@ def _show(s: Any, args: argparse.Namespace) -> None:
             f"ensemble of {len(s.result.ensemble_templates)} accuracy ({ev}): "
             f"{s.result.ensemble_evaluation_accuracy:.4f}"
         )
+        if s.result.greedy_ensemble_templates:
+            print(
+                f"greedy ensemble of {len(s.result.greedy_ensemble_templates)} accuracy ({ev}): "
+                f"{s.result.greedy_ensemble_evaluation_accuracy:.4f}"
+            )
+        if s.result.tied_templates or s.spec.objective == coordinator_pb2.OBJECTIVE_CONFIDENT:
+            print(f"statistically tied with the best ({sel}): {len(s.result.tied_templates)} templates")
     u = s.usage
     print(
         f"usage: {u.llm_calls} LLM calls, {u.prompt_tokens + u.completion_tokens} tokens, "

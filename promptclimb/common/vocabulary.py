@@ -65,6 +65,7 @@ class Objective(StrEnum):
     ACCURACY = "accuracy"  # the paper: highest accuracy, ties to the earliest
     ACCURACY_THEN_LOSS = "accuracy_then_loss"  # ties to the lower zero-shot cross-entropy
     BLENDED = "blended"  # accuracy - weight x cross-entropy, one fitness (as ProAPO blends them)
+    CONFIDENT = "confident"  # replace the incumbent only on a paired-bootstrap win over the images
 
 
 DEFAULT_OBJECTIVE = Objective.ACCURACY_THEN_LOSS

@@ -117,13 +117,20 @@ class GrpcScorer:
         split: str,
         templates: Sequence[str],
         on_chunk: Callable[[list[Score]], Awaitable[None]],
+        *,
+        per_image: bool = False,
     ) -> list[Score]:
-        """Score in chunks, concurrently; each chunk is checkpointed through ``on_chunk``."""
+        """Score in chunks, concurrently; each chunk is checkpointed through ``on_chunk``.
+
+        ``per_image``: ask for every image's result too (kept in each :class:`Score` as sent).
+        """
         chunks = [list(templates[i : i + self.chunk_size]) for i in range(0, len(templates), self.chunk_size)]
 
         async def one(chunk: list[str]) -> list[Score]:
             async with self._chunks:
-                request = scorer_pb2.EvaluatePromptsRequest(dataset=dataset, split=split, templates=chunk)
+                request = scorer_pb2.EvaluatePromptsRequest(
+                    dataset=dataset, split=split, templates=chunk, per_image=per_image
+                )
                 reply = await self.retry.call(
                     "scorer EvaluatePrompts",
                     lambda: self.stub.EvaluatePrompts(request, timeout=self.deadline),
@@ -136,6 +143,8 @@ class GrpcScorer:
                     s.total,
                     s.error.message or "rejected" if s.HasField("error") and s.error.code else None,
                     s.loss,
+                    s.per_image_correct,
+                    s.per_image_loss,
                 )
                 for s, t in zip(reply.scores, chunk, strict=False)
             ]

@@ -294,6 +294,9 @@ def search_to_proto(r: SearchRecord, *, full: bool) -> coordinator_pb2.Search:
         s.result.ensemble_templates.extend(p.result.ensemble_templates)
         s.result.ensemble_evaluation_accuracy = p.result.ensemble_evaluation_accuracy
         s.result.partial = p.result.partial
+        s.result.tied_templates.extend(p.result.tied_templates)
+        s.result.greedy_ensemble_templates.extend(p.result.greedy_ensemble_templates)
+        s.result.greedy_ensemble_evaluation_accuracy = p.result.greedy_ensemble_evaluation_accuracy
     for i in p.iterations:
         s.iterations.add(
             restart=i.restart,

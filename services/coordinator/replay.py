@@ -89,6 +89,8 @@ class _EvaluationOnly:
         split: str,
         templates: Sequence[str],
         on_chunk: Callable[[list[Score]], Awaitable[None]],
+        *,
+        per_image: bool = False,  # asked for on the selection split only, which a replay refuses
     ) -> list[Score]:
         if split != self.config.evaluation_split:
             raise ReplayRefused(f"this rule needs new scores on the selection split {split!r}")
@@ -96,8 +98,13 @@ class _EvaluationOnly:
         return await self.scorer.score(dataset, split, templates, on_chunk)
 
     async def ensemble_accuracy(self, dataset: str, split: str, templates: Sequence[str]) -> float:
+        if split != self.config.evaluation_split:
+            # The greedy ensemble's forward selection: ensembles, not template scores (none recorded).
+            return await self.scorer.ensemble_accuracy(dataset, split, templates)
         if self.original is not None and tuple(templates) == self.original.ensemble_templates:
             return self.original.ensemble_evaluation_accuracy
+        if self.original is not None and tuple(templates) == self.original.greedy_ensemble_templates:
+            return self.original.greedy_ensemble_evaluation_accuracy
         self.scored.append(f"ensemble of {len(templates)}")
         return await self.scorer.ensemble_accuracy(dataset, split, templates)
 

@@ -28,6 +28,7 @@ fixed per (search seed, restart, iteration), so a replay makes the same choices.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import time
@@ -38,6 +39,7 @@ from typing import Any, Protocol
 
 from promptclimb.common.ranking import rank_key
 from promptclimb.common.vocabulary import Objective, Phase, Strategy
+from services.coordinator.confidence import PerImage, confidently_better, tied
 
 __all__ = ["Objective", "Phase", "Strategy"]  # re-exported: the search's vocabulary is the shared one
 
@@ -48,7 +50,11 @@ DEFAULT_OBJECTIVE_WEIGHT = 0.05  # blended fitness: 1 nat of cross-entropy is wo
 
 
 def objective_key(t: ScoredTemplate, objective: Objective, weight: float) -> tuple[float, ...]:
-    """Sort key, best first, of a scored template under ``objective`` (earlier wins what ties remain)."""
+    """Sort key, best first, of a scored template under ``objective`` (earlier wins what ties remain).
+
+    CONFIDENT ranks by accuracy then loss here; its best is the incumbent of
+    :meth:`SearchState.confident_best`, which :meth:`SearchState.top` puts first.
+    """
     if objective is Objective.ACCURACY:
         return (-t.accuracy,)
     if objective is Objective.BLENDED:
@@ -164,6 +170,10 @@ class Score:
     total: int = 0
     error: str | None = None  # set when the scorer rejected this template
     loss: float | None = None  # mean zero-shot cross-entropy; None from a scorer without it
+    # On request (OBJECTIVE_CONFIDENT): per-image bits and float32 losses as
+    # promptclimb.common.per_image packs them; empty when not asked or not recorded.
+    per_image_correct: bytes = b""
+    per_image_loss: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -278,6 +288,12 @@ class SearchResult:
     ensemble_templates: tuple[str, ...]
     ensemble_evaluation_accuracy: float
     partial: bool = False  # the search failed after seeding; this is the best it had found
+    tied_templates: tuple[str, ...] = ()  # CONFIDENT: statistically tied with ``best``
+    greedy_ensemble_templates: tuple[str, ...] = ()  # forward selection on the selection split
+    greedy_ensemble_evaluation_accuracy: float = 0.0
+
+
+GREEDY_CANDIDATES = 20  # the greedy ensemble chooses among this many of the best templates
 
 
 @dataclass
@@ -293,6 +309,12 @@ class SearchState:
     usage: Usage = field(default_factory=Usage)
     result: SearchResult | None = None
     end_reason: str = ""
+    # Selection-split per-image results by template (CONFIDENT asks for them), and the verdicts
+    # of the paired comparisons made so far: (candidate, incumbent) -> candidate confidently better.
+    per_image: dict[str, PerImage] = field(default_factory=dict, repr=False)
+    _verdicts: dict[tuple[str, str], bool] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def best(self) -> ScoredTemplate | None:
@@ -305,13 +327,60 @@ class SearchState:
         return top[0] if top else None
 
     def top(self, k: int) -> list[ScoredTemplate]:
-        """The k best templates, best first (ties: lower loss, then earliest first)."""
+        """The k best templates, best first (ties: lower loss, then earliest first).
+
+        CONFIDENT: the incumbent of :meth:`confident_best` first, then the others by accuracy and loss.
+        """
         cfg = self.config
         order = sorted(
             enumerate(self.history),
             key=lambda p: (*objective_key(p[1], cfg.objective, cfg.objective_weight), p[0]),
         )
-        return [t for _, t in order[:k]]
+        ranked = [t for _, t in order]
+        first = self.confident_best() if cfg.objective is Objective.CONFIDENT else None
+        if first is not None:
+            ranked = [first, *(t for t in ranked if t is not first)]
+        return ranked[:k]
+
+    def confident_best(self) -> ScoredTemplate | None:
+        """The CONFIDENT incumbent: the first template of the history (the initial pool's first, in
+        pool order), replaced by each later one, in history order, that is confidently better on the
+        selection split's images (:func:`~services.coordinator.confidence.confidently_better`).
+
+        A template without per-image results (a scorer that sends none, a journal written before
+        them) competes by accuracy then loss instead. Deterministic: a replay gives the same pick.
+        """
+        incumbent: ScoredTemplate | None = None
+        for t in self.history:
+            if incumbent is None or self._beats(t, incumbent):
+                incumbent = t
+        return incumbent
+
+    def _beats(self, candidate: ScoredTemplate, incumbent: ScoredTemplate) -> bool:
+        key = (candidate.template, incumbent.template)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            a, b = self.per_image.get(candidate.template), self.per_image.get(incumbent.template)
+            if a is None or b is None:
+                verdict = candidate.rank_key() < incumbent.rank_key()
+            else:
+                verdict = confidently_better(a, b, self.config.seed)
+            self._verdicts[key] = verdict
+        return verdict
+
+    def tied_with(self, winner: ScoredTemplate) -> list[str]:
+        """Templates, in history order, whose bootstrap interval of the mean per-image correctness
+        difference to ``winner`` contains 0 (those with per-image results only)."""
+        ref = self.per_image.get(winner.template)
+        if ref is None:
+            return []
+        return [
+            t.template
+            for t in self.history
+            if t.template != winner.template
+            and (p := self.per_image.get(t.template)) is not None
+            and tied(p, ref, self.config.seed)
+        ]
 
     def known(self) -> set[str]:
         """Templates already in the pool."""
@@ -334,8 +403,14 @@ class TemplateScorer(Protocol):
         split: str,
         templates: Sequence[str],
         on_chunk: Callable[[list[Score]], Awaitable[None]],
+        *,
+        per_image: bool = False,
     ) -> list[Score]:
-        """Score templates; ``on_chunk`` is awaited as each chunk's scores arrive (to checkpoint)."""
+        """Score templates; ``on_chunk`` is awaited as each chunk's scores arrive (to checkpoint).
+
+        ``per_image``: also each image's result (:attr:`Score.per_image_correct`, ``per_image_loss``);
+        only asked for by a CONFIDENT search, so a scorer that never gets it may omit the parameter.
+        """
         ...
 
     async def ensemble_accuracy(self, dataset: str, split: str, templates: Sequence[str]) -> float:
@@ -627,8 +702,49 @@ class HillClimb:
         best_eval = scores[0].accuracy if scores else 0.0
         ensemble = tuple(t.template for t in self.state.top(max(1, cfg.ensemble_k)))
         ensemble_acc = await self.scorer.ensemble_accuracy(cfg.dataset, cfg.evaluation_split, ensemble)
-        self.state.result = SearchResult(best, best_eval, ensemble, ensemble_acc, partial=partial)
+        greedy = await self.greedy_ensemble()
+        greedy_acc = (
+            ensemble_acc
+            if set(greedy) == set(ensemble)  # the same ensemble (its mean does not depend on order)
+            else await self.scorer.ensemble_accuracy(cfg.dataset, cfg.evaluation_split, greedy)
+        )
+        tied_templates = tuple(self.state.tied_with(best)) if cfg.objective is Objective.CONFIDENT else ()
+        self.state.result = SearchResult(
+            best,
+            best_eval,
+            ensemble,
+            ensemble_acc,
+            partial=partial,
+            tied_templates=tied_templates,
+            greedy_ensemble_templates=greedy,
+            greedy_ensemble_evaluation_accuracy=greedy_acc,
+        )
         self.state.phase = Phase.DONE
+
+    async def greedy_ensemble(self) -> tuple[str, ...]:
+        """Forward selection of up to ``ensemble_k`` templates by ensemble accuracy on the selection split.
+
+        Candidates: the :data:`GREEDY_CANDIDATES` best by the objective. Each step adds the candidate
+        whose ensemble with those chosen scores highest (ties: the earliest in objective order); it
+        stops early when no addition raises the accuracy. Deterministic scorer calls, not journaled.
+        """
+        cfg = self.config
+        candidates = [t.template for t in self.state.top(GREEDY_CANDIDATES)]
+        chosen: list[str] = []
+        accuracy = float("-inf")
+        while len(chosen) < max(1, cfg.ensemble_k):
+            rest = [c for c in candidates if c not in chosen]
+            if not rest:
+                break
+            accuracies = await asyncio.gather(
+                *(self.scorer.ensemble_accuracy(cfg.dataset, cfg.selection_split, [*chosen, c]) for c in rest)
+            )
+            top = max(accuracies)
+            if top <= accuracy:
+                break
+            chosen.append(rest[accuracies.index(top)])
+            accuracy = top
+        return tuple(chosen)
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -697,6 +813,9 @@ class HillClimb:
         self.state.usage.search_evaluations += len(scores)
         for s in scores:
             if s.error is None:
+                per_image = PerImage.decode(s.per_image_correct, s.per_image_loss, s.total)
+                if per_image is not None:
+                    self.state.per_image[s.template] = per_image
                 self.state.history.append(
                     ScoredTemplate(
                         s.template, s.accuracy, s.correct, s.total, restart, iteration, origin, s.loss
@@ -719,7 +838,13 @@ class HillClimb:
             async def checkpoint(chunk: list[Score]) -> None:
                 await self.journal.record_scores(split, chunk, restart, iteration, origin)
 
-            for s in await self.scorer.score(self.config.dataset, split, missing, checkpoint):
+            if split == self.config.selection_split and self.config.objective is Objective.CONFIDENT:
+                scored = await self.scorer.score(
+                    self.config.dataset, split, missing, checkpoint, per_image=True
+                )
+            else:
+                scored = await self.scorer.score(self.config.dataset, split, missing, checkpoint)
+            for s in scored:
                 recorded[s.template] = s
         self.state.usage.evaluations += len(templates)
         return [found for t in templates if (found := recorded.get(t)) is not None]

@@ -31,6 +31,7 @@ from sqlalchemy import (
     Engine,
     Float,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -101,6 +102,10 @@ scored_templates = Table(
     Column("origin", String(16), nullable=False),
     Column("error", Text, nullable=True),
     Column("loss", Float, nullable=True),  # added after 0.1: see Store._upgrade
+    # Per-image bits and float32 losses (promptclimb.common.per_image), CONFIDENT searches only:
+    # what a resumed or replayed search compares without rescoring. Added later: see _upgrade.
+    Column("per_image_correct", LargeBinary, nullable=True),
+    Column("per_image_loss", LargeBinary, nullable=True),
     UniqueConstraint("search_id", "split", "template", name="uq_scored_once"),
 )
 
@@ -176,6 +181,11 @@ class Progress:
                     ensemble_templates=tuple(result["ensemble_templates"]),
                     ensemble_evaluation_accuracy=result["ensemble_evaluation_accuracy"],
                     partial=result.get("partial", False),
+                    tied_templates=tuple(result.get("tied_templates", ())),
+                    greedy_ensemble_templates=tuple(result.get("greedy_ensemble_templates", ())),
+                    greedy_ensemble_evaluation_accuracy=result.get(
+                        "greedy_ensemble_evaluation_accuracy", 0.0
+                    ),
                 )
                 if result
                 else None
@@ -237,14 +247,20 @@ class SearchStore:
     def _upgrade(self) -> None:
         """Add columns that later versions introduced to a database made by an earlier one.
 
-        ``create_all`` makes missing tables, not missing columns. One nullable column so far
-        (``scored_templates.loss``): an ``ALTER TABLE ... ADD COLUMN`` that SQLite and PostgreSQL
-        both accept, with old rows reading NULL (their ties keep the earliest-first order).
+        ``create_all`` makes missing tables, not missing columns. Nullable columns so far
+        (``scored_templates.loss``, then ``per_image_correct`` / ``per_image_loss``): an
+        ``ALTER TABLE ... ADD COLUMN`` that SQLite and PostgreSQL both accept, with old rows reading
+        NULL (their ties keep the earliest-first order; CONFIDENT ranks them by accuracy and loss).
         """
         present = {c["name"] for c in inspect(self.engine).get_columns("scored_templates")}
         if "loss" not in present:
             with self.engine.begin() as c:
                 c.execute(text("ALTER TABLE scored_templates ADD COLUMN loss FLOAT"))
+        for name in ("per_image_correct", "per_image_loss"):  # BLOB on SQLite, BYTEA on PostgreSQL
+            if name not in present:
+                kind = LargeBinary().compile(dialect=self.engine.dialect)
+                with self.engine.begin() as c:
+                    c.execute(text(f"ALTER TABLE scored_templates ADD COLUMN {name} {kind}"))
 
     def close(self) -> None:
         """Release connections."""
@@ -489,7 +505,14 @@ class SearchStore:
             ).mappings()
             return {
                 (r["split"], r["template"]): Score(
-                    r["template"], r["accuracy"], r["correct"], r["total"], r["error"], r["loss"]
+                    r["template"],
+                    r["accuracy"],
+                    r["correct"],
+                    r["total"],
+                    r["error"],
+                    r["loss"],
+                    bytes(r["per_image_correct"] or b""),
+                    bytes(r["per_image_loss"] or b""),
                 )
                 for r in rows
             }
@@ -513,6 +536,8 @@ class SearchStore:
                 origin=origin,
                 error=s.error,
                 loss=s.loss,
+                per_image_correct=s.per_image_correct or None,
+                per_image_loss=s.per_image_loss or None,
             )
             for s in scores
         ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ import grpc
 
 from promptclimb.api.v1 import common_pb2, optimizer_pb2, optimizer_pb2_grpc, scorer_pb2, scorer_pb2_grpc
 from promptclimb.common.errors import ServiceError
+from promptclimb.common.per_image import pack_correct, pack_loss
 
 
 def fake_accuracy(template: str) -> float:
@@ -22,8 +24,37 @@ def fake_accuracy(template: str) -> float:
     return int(hashlib.sha256(template.encode()).hexdigest()[:4], 16) / 0xFFFF
 
 
+def fake_bits(template: str, n: int) -> str:
+    """Per-image results ("1" = right) of a template on ``n`` images: round(fake_accuracy x n) of
+    them right, which ones drawn from the template's hash (the same in every process)."""
+    right = set(
+        random.Random(hashlib.sha256(template.encode()).digest()).sample(
+            range(n), round(fake_accuracy(template) * n)
+        )
+    )
+    return "".join("1" if i in right else "0" for i in range(n))
+
+
+def bits_loss(bits: str) -> list[float]:
+    """The fake per-image losses of per-image results: 0.25 nats where right, 2 where wrong."""
+    return [0.25 if b == "1" else 2.0 for b in bits]
+
+
+def vote(members: list[str]) -> str:
+    """The fake ensemble's per-image results: right where at least half of the members are."""
+    return "".join(
+        "1" if 2 * sum(b == "1" for b in col) >= len(members) else "0" for col in zip(*members, strict=True)
+    )
+
+
 class FakeScorer(scorer_pb2_grpc.ScorerServiceServicer):
-    """Scores with :func:`fake_accuracy` over 100 images; counts every template it scores."""
+    """Scores with :func:`fake_accuracy` over 100 images; counts every template it scores.
+
+    With ``images`` set (template -> per-image results such as ``"1100000000"``; other templates
+    get :func:`fake_bits` over as many images), it scores from the bits instead: correct = the
+    ones, loss = the mean of :func:`bits_loss`, per-image results when asked, and ensembles by
+    :func:`vote` of their members' bits.
+    """
 
     def __init__(
         self, datasets: dict[str, list[str]] | None = None, *, delay: float = 0.0, unavailable_first: int = 0
@@ -34,6 +65,14 @@ class FakeScorer(scorer_pb2_grpc.ScorerServiceServicer):
         self.scored: Counter[tuple[str, str]] = Counter()  # (split, template) -> times scored
         self.calls = 0
         self.ensembles = 0
+        self.images: dict[str, str] | None = None
+        self.per_image_requests = 0  # EvaluatePrompts calls that asked for per-image results
+
+    def bits(self, template: str) -> str:
+        """The per-image results of ``template`` (``images`` set)."""
+        assert self.images is not None
+        n = len(next(iter(self.images.values())))
+        return self.images.get(template) or fake_bits(template, n)
 
     async def EvaluatePrompts(self, request, context):  # type: ignore[no-untyped-def]
         self.calls += 1
@@ -55,14 +94,37 @@ class FakeScorer(scorer_pb2_grpc.ScorerServiceServicer):
                     )
                 )
                 continue
+            if self.images is not None:
+                bits = self.bits(t)
+                losses = bits_loss(bits)
+                score = scorer_pb2.TemplateScore(
+                    template=t,
+                    accuracy=bits.count("1") / len(bits),
+                    correct=bits.count("1"),
+                    total=len(bits),
+                    loss=sum(losses) / len(losses),
+                )
+                if request.per_image:
+                    score.per_image_correct = pack_correct([b == "1" for b in bits])
+                    score.per_image_loss = pack_loss(losses)
+                scores.append(score)
+                continue
             acc = fake_accuracy(t)
             scores.append(
                 scorer_pb2.TemplateScore(template=t, accuracy=acc, correct=round(acc * 100), total=100)
             )
+        self.per_image_requests += int(request.per_image)
         return scorer_pb2.EvaluatePromptsResponse(scores=scores, class_names=self.datasets[request.dataset])
 
     async def EvaluateEnsemble(self, request, context):  # type: ignore[no-untyped-def]
         self.ensembles += 1
+        if self.images is not None:
+            bits = vote([self.bits(t) for t in request.templates])
+            return scorer_pb2.EvaluateEnsembleResponse(
+                score=scorer_pb2.TemplateScore(
+                    accuracy=bits.count("1") / len(bits), correct=bits.count("1"), total=len(bits)
+                )
+            )
         acc = sum(fake_accuracy(t) for t in request.templates) / max(1, len(request.templates))
         return scorer_pb2.EvaluateEnsembleResponse(
             score=scorer_pb2.TemplateScore(accuracy=acc, correct=round(acc * 100), total=100)

@@ -257,6 +257,8 @@ def test_each_objective_picks_its_own_best() -> None:
         Objective.ACCURACY_THEN_LOSS: "a {} lucky.",
         # 0.9 - 0.05 x 3.5 = 0.725 < 0.8 - 0.05 x 0.6 = 0.77
         Objective.BLENDED: "a {} sure.",
+        # Without per-image results CONFIDENT compares by accuracy then loss, in history order.
+        Objective.CONFIDENT: "a {} lucky.",
     }
     history[2] = scored("a {} lucky.", 0.8, 3.5)  # now three-way tie on accuracy
     for objective, expected in (

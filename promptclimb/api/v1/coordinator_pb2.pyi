@@ -19,6 +19,7 @@ class Objective(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OBJECTIVE_ACCURACY: _ClassVar[Objective]
     OBJECTIVE_ACCURACY_THEN_LOSS: _ClassVar[Objective]
     OBJECTIVE_BLENDED: _ClassVar[Objective]
+    OBJECTIVE_CONFIDENT: _ClassVar[Objective]
 
 class MixMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -62,6 +63,7 @@ OBJECTIVE_UNSPECIFIED: Objective
 OBJECTIVE_ACCURACY: Objective
 OBJECTIVE_ACCURACY_THEN_LOSS: Objective
 OBJECTIVE_BLENDED: Objective
+OBJECTIVE_CONFIDENT: Objective
 MIX_MODE_UNSPECIFIED: MixMode
 MIX_MODE_SPLIT: MixMode
 MIX_MODE_BANDIT: MixMode
@@ -182,18 +184,24 @@ class IterationSummary(_message.Message):
     def __init__(self, restart: _Optional[int] = ..., iteration: _Optional[int] = ..., best_accuracy: _Optional[float] = ..., mean_accuracy: _Optional[float] = ..., num_templates: _Optional[int] = ..., propose_seconds: _Optional[float] = ..., score_seconds: _Optional[float] = ...) -> None: ...
 
 class SearchResult(_message.Message):
-    __slots__ = ("best", "best_evaluation_accuracy", "ensemble_templates", "ensemble_evaluation_accuracy", "partial")
+    __slots__ = ("best", "best_evaluation_accuracy", "ensemble_templates", "ensemble_evaluation_accuracy", "partial", "tied_templates", "greedy_ensemble_templates", "greedy_ensemble_evaluation_accuracy")
     BEST_FIELD_NUMBER: _ClassVar[int]
     BEST_EVALUATION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     ENSEMBLE_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     ENSEMBLE_EVALUATION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    TIED_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    GREEDY_ENSEMBLE_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    GREEDY_ENSEMBLE_EVALUATION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     best: _common_pb2.ScoredTemplate
     best_evaluation_accuracy: float
     ensemble_templates: _containers.RepeatedScalarFieldContainer[str]
     ensemble_evaluation_accuracy: float
     partial: bool
-    def __init__(self, best: _Optional[_Union[_common_pb2.ScoredTemplate, _Mapping]] = ..., best_evaluation_accuracy: _Optional[float] = ..., ensemble_templates: _Optional[_Iterable[str]] = ..., ensemble_evaluation_accuracy: _Optional[float] = ..., partial: _Optional[bool] = ...) -> None: ...
+    tied_templates: _containers.RepeatedScalarFieldContainer[str]
+    greedy_ensemble_templates: _containers.RepeatedScalarFieldContainer[str]
+    greedy_ensemble_evaluation_accuracy: float
+    def __init__(self, best: _Optional[_Union[_common_pb2.ScoredTemplate, _Mapping]] = ..., best_evaluation_accuracy: _Optional[float] = ..., ensemble_templates: _Optional[_Iterable[str]] = ..., ensemble_evaluation_accuracy: _Optional[float] = ..., partial: _Optional[bool] = ..., tied_templates: _Optional[_Iterable[str]] = ..., greedy_ensemble_templates: _Optional[_Iterable[str]] = ..., greedy_ensemble_evaluation_accuracy: _Optional[float] = ...) -> None: ...
 
 class Search(_message.Message):
     __slots__ = ("name", "id", "spec", "state", "phase", "restart", "iteration", "create_time", "update_time", "end_time", "best", "result", "history", "iterations", "usage", "wall_seconds", "end_reason", "error_code", "request_id")
