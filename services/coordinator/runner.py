@@ -281,9 +281,12 @@ class SearchRunner:
     async def _maintain(self) -> None:
         while True:
             try:
-                held = await self.store.renew(self.owner, list(self.tasks), self.lease_seconds)
-                for sid, task in list(self.tasks.items()):
-                    if sid not in held or held[sid]:  # lost the lease, or cancelled elsewhere
+                # Judge only the searches renewed: one claimed during the renewal is not in ``held``.
+                renewing = list(self.tasks)
+                held = await self.store.renew(self.owner, renewing, self.lease_seconds)
+                for sid in renewing:
+                    task = self.tasks.get(sid)
+                    if task is not None and (sid not in held or held[sid]):  # lost, or cancelled elsewhere
                         task.cancel()
                 for sid in await self.store.claimable():
                     if len(self.tasks) >= self.max_running:
