@@ -279,7 +279,9 @@ class SearchRunner:
     # ---- internals -----------------------------------------------------------------------------
 
     async def _maintain(self) -> None:
-        while True:
+        # Not only cancellation ends the loop: Python 3.11's wait_for loses a cancel that meets
+        # its wake-up (gh-86296), and stop() would then wait forever for this task.
+        while not self._stopping:
             try:
                 # Judge only the searches renewed: one claimed during the renewal is not in ``held``.
                 renewing = list(self.tasks)
