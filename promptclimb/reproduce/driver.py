@@ -70,12 +70,10 @@ async def run_plan(
     """
     import grpc
 
-    from promptclimb.api.v1 import scorer_pb2, scorer_pb2_grpc
-    from promptclimb.client import CoordinatorClient
-    from promptclimb.common.channels import open_channel
+    from promptclimb.api.v1 import scorer_pb2
+    from promptclimb.client import CoordinatorClient, ScorerClient
 
-    channels = {b: open_channel(e.scorer) for b, e in endpoints.items()}
-    scorers = {b: scorer_pb2_grpc.ScorerServiceStub(c) for b, c in channels.items()}
+    scorers = {b: ScorerClient(e.scorer, timeout=3600) for b, e in endpoints.items()}
     coordinators = {b: CoordinatorClient(e.coordinator, timeout=60) for b, e in endpoints.items()}
     registered: set[tuple[str, str]] = set()
     by_name = {d.info.name: d for d in plan.datasets}
@@ -85,25 +83,21 @@ async def run_plan(
         if (backbone, cell.dataset_id) in registered:
             return
         d = by_name[cell.dataset]
-        request = scorer_pb2.RegisterDatasetRequest(
-            id=cell.dataset_id,
-            coop=scorer_pb2.CoopSource(
-                split_json=str(d.split_json), image_root=str(d.image_root), shots=cell.shots, seed=cell.seed
-            ),
+        coop = scorer_pb2.CoopSource(
+            split_json=str(d.split_json), image_root=str(d.image_root), shots=cell.shots, seed=cell.seed
         )
         t0 = time.monotonic()
-        reply = await scorers[backbone].RegisterDataset(request, timeout=register_timeout)
-        sizes = ", ".join(f"{s.name} {s.num_images}" for s in reply.dataset.splits)
+        dataset = await scorers[backbone].register_dataset(
+            cell.dataset_id, coop=coop, timeout=register_timeout
+        )
+        sizes = ", ".join(f"{s.name} {s.num_images}" for s in dataset.splits)
         log_line(log, f"registered {cell.dataset_id} on {backbone} ({sizes}; {time.monotonic() - t0:.1f} s)")
         registered.add((backbone, cell.dataset_id))
 
     async def score_one(backbone: str, cell: Cell, template: str) -> float:
         """Test accuracy of one template with ``backbone``."""
         await ensure_registered(backbone, cell)
-        reply = await scorers[backbone].EvaluatePrompts(
-            scorer_pb2.EvaluatePromptsRequest(dataset=cell.dataset_id, split="test", templates=[template]),
-            timeout=3600,
-        )
+        reply = await scorers[backbone].evaluate(cell.dataset_id, "test", [template])
         if reply.scores[0].error.code:
             raise RunFailed(f"{template!r} rejected by {backbone}: {reply.scores[0].error.message}")
         return reply.scores[0].accuracy
@@ -111,12 +105,7 @@ async def run_plan(
     async def score_ensemble(backbone: str, cell: Cell, templates: Sequence[str]) -> float:
         """Test accuracy of the ensemble of ``templates`` with ``backbone``."""
         await ensure_registered(backbone, cell)
-        reply = await scorers[backbone].EvaluateEnsemble(
-            scorer_pb2.EvaluateEnsembleRequest(
-                dataset=cell.dataset_id, split="test", templates=list(templates)
-            ),
-            timeout=3600,
-        )
+        reply = await scorers[backbone].evaluate_ensemble(cell.dataset_id, "test", list(templates))
         return reply.score.accuracy
 
     async def search(cell: Cell) -> Any:
@@ -235,8 +224,8 @@ async def run_plan(
     finally:
         for client in coordinators.values():
             await client.close()
-        for channel in channels.values():
-            await channel.close()
+        for scorer in scorers.values():
+            await scorer.close()
     return failed
 
 

@@ -22,15 +22,10 @@ import pytest
 from promptclimb.demo import data
 from promptclimb.local_llm import llama_cpp_installed, smollm2_gguf
 from promptclimb.testing.fake_openai import FakeOpenAI, Reply
+from tests.support.processes import test_env
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "PYTHONPATH": str(ROOT),
-    "OMP_NUM_THREADS": "1",
-    "COLUMNS": "200",  # the table is not wrapped, so its numbers can be read back
-}
+ENV = test_env(COLUMNS="200")  # the table is not wrapped, so its numbers can be read back
 for key in ("OPENAI_API_KEY", "PROMPTCLIMB_OPTIMIZER_LLM_BASE_URL", "PROMPTCLIMB_OPTIMIZER_LLM_API_KEY"):
     ENV.pop(key, None)  # the user's own endpoint must not leak into the test
 

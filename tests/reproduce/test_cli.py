@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from promptclimb.cli import main
 from promptclimb.testing.fake_openai import FakeOpenAI
 from promptclimb.testing.tiny_clip import make_tiny_model_dir
 from tests.reproduce.conftest import make_coop_dataset
+from tests.support.processes import test_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,7 +52,7 @@ def test_start_services_runs_everything_in_one_command(tmp_path: Path) -> None:
         {"train": 2, "test": 2},
     )
     model = make_tiny_model_dir(tmp_path / "model")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = test_env()
     with FakeOpenAI(default=reply) as llm:
         argv = [
             sys.executable, "-m", "promptclimb", "reproduce", "--data-root", str(data),

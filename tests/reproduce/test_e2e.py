@@ -28,16 +28,11 @@ from promptclimb.reproduce.local_services import start_services
 from promptclimb.testing.fake_openai import FakeOpenAI
 from promptclimb.testing.tiny_clip import make_tiny_model_dir
 from tests.reproduce.conftest import make_coop_dataset
+from tests.support.processes import test_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "PYTHONPATH": str(ROOT),
-    "OMP_NUM_THREADS": "1",
-    "PROMPTCLIMB_SCORER_THREADS": "1",
-}
+ENV = test_env()
 BACKBONES = ["RN50", "ViT-B-16"]
 DATASETS = ["oxford_pets", "eurosat"]
 SEEDS = [1, 2]

@@ -30,6 +30,7 @@ from services.coordinator.settings import CoordinatorSettings
 from services.coordinator.store import RUNNING, SUCCEEDED, SearchRecord, SearchStore
 from tests.coordinator.fakes import FakeOptimizer, FakeScorer, fake_accuracy, start_optimizer, start_scorer
 from tests.store.conftest import PostgresCluster
+from tests.support.processes import test_env
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -208,7 +209,7 @@ async def test_killed_replica_s_search_is_taken_over_after_the_lease_with_nothin
     fakes.closers.append(store.close)
     iterations = 8
     search = store.create(config("killed", iterations=iterations), None)[0]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = test_env()
     args = [postgres_url, fakes.scorer_target, fakes.optimizer_target, "replica-a", str(lease)]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
