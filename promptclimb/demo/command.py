@@ -229,9 +229,9 @@ def render_summary(summary: DemoSummary, out: IO[str]) -> None:
     if summary.best_template == summary.plain_template:
         lines.insert(
             1,
-            "  (no proposal beat the plain prompt on the selection images; measured on six 1-shot "
-            "splits, this search found +4.1 to +8.9 points on three and kept the plain prompt on three: "
-            "docs/BENCHMARKS.md 'Demo'; try --shots 16)",
+            "  (no proposal beat the plain prompt on the selection images; on 10 fresh 1-shot splits no "
+            "SmolLM2 strategy beat it on average, while --strategy edit (no LLM) gained +7.0 points: "
+            "docs/BENCHMARKS.md 'Search strategies')",
         )
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
