@@ -46,6 +46,21 @@ MIX_MODE_TO_PROTO: dict[MixMode, coordinator_pb2.MixMode] = {
 MIX_MODE_FROM_PROTO: dict[int, MixMode] = {v: k for k, v in MIX_MODE_TO_PROTO.items()}
 
 
+def _rule_violations(spec: coordinator_pb2.SearchSpec, names: set[str]) -> list[tuple[str, str]]:
+    """Range problems of the stopping and picking rules in ``names``: one check for a search and a replay."""
+    bad: list[tuple[str, str]] = []
+    if "objective" in names and spec.objective != coordinator_pb2.OBJECTIVE_UNSPECIFIED:
+        if spec.objective not in OBJECTIVE_FROM_PROTO:
+            bad.append(("spec.objective", "unknown objective"))
+    if "objective_weight" in names and not 0.0 <= spec.objective_weight <= 100.0:
+        bad.append(("spec.objective_weight", "must be in [0, 100]"))
+    if "patience" in names and spec.patience < 0:
+        bad.append(("spec.patience", "must not be negative"))
+    if "min_delta" in names and not 0.0 <= spec.min_delta < 1.0:
+        bad.append(("spec.min_delta", "must be in [0, 1)"))
+    return bad
+
+
 def config_from_spec(spec: coordinator_pb2.SearchSpec) -> SearchConfig:
     """Validate a spec and fill defaults; every problem is one BadRequest field violation."""
     bad: list[tuple[str, str]] = []
@@ -74,14 +89,10 @@ def config_from_spec(spec: coordinator_pb2.SearchSpec) -> SearchConfig:
         bad.append(("spec.templates_per_iteration", "at most 100"))
     if spec.HasField("temperature") and not 0.0 <= spec.temperature <= 2.0:
         bad.append(("spec.temperature", "must be in [0, 2]"))
-    if spec.objective != coordinator_pb2.OBJECTIVE_UNSPECIFIED and spec.objective not in OBJECTIVE_FROM_PROTO:
-        bad.append(("spec.objective", "unknown objective"))
-    if spec.HasField("objective_weight") and not 0.0 <= spec.objective_weight <= 100.0:
-        bad.append(("spec.objective_weight", "must be in [0, 100]"))
-    if spec.patience < 0:
-        bad.append(("spec.patience", "must not be negative"))
-    if not 0.0 <= spec.min_delta < 1.0:
-        bad.append(("spec.min_delta", "must be in [0, 1)"))
+    rules = {"objective", "patience", "min_delta"} | (
+        {"objective_weight"} if spec.HasField("objective_weight") else set()
+    )
+    bad.extend(_rule_violations(spec, rules))
     if spec.HasField("best_k") and spec.best_k == 0:
         bad.append(("spec.best_k", "must be at least 1 (leave unset for the default)"))
     selection, evaluation = spec.selection_split or "train", spec.evaluation_split or "test"
@@ -323,33 +334,18 @@ def replay_overrides(spec: coordinator_pb2.SearchSpec, paths: list[str]) -> dict
     Raises :class:`~services.coordinator.replay.ReplayRefused` for a field a replay may not change
     and :class:`ServiceError` (INVALID_ARGUMENT) for a value out of range.
     """
-    from services.coordinator.replay import REPLAYABLE, ReplayRefused
+    from services.coordinator.replay import refuse_unless_replayable
 
     overrides: dict[str, Any] = {}
-    bad: list[tuple[str, str]] = []
     for path in paths:
-        if path not in REPLAYABLE:
-            raise ReplayRefused(
-                f"{path} cannot be replayed: it changes what the LLM is shown or what is scored during "
-                "the search; start a new search"
-            )
+        refuse_unless_replayable(path)
         if path == "objective":
-            if (
-                spec.objective != coordinator_pb2.OBJECTIVE_UNSPECIFIED
-                and spec.objective not in OBJECTIVE_FROM_PROTO
-            ):
-                bad.append(("spec.objective", "unknown objective"))
             overrides[path] = OBJECTIVE_FROM_PROTO.get(spec.objective, DEFAULT_OBJECTIVE)
         elif path == "ensemble_k":
             overrides[path] = spec.ensemble_k or 3
         else:
             overrides[path] = getattr(spec, path)
-    if overrides.get("patience", 0) < 0:
-        bad.append(("spec.patience", "must not be negative"))
-    if not 0.0 <= overrides.get("min_delta", 0.0) < 1.0:
-        bad.append(("spec.min_delta", "must be in [0, 1)"))
-    if not 0.0 <= overrides.get("objective_weight", 0.0) <= 100.0:
-        bad.append(("spec.objective_weight", "must be in [0, 100]"))
+    bad = _rule_violations(spec, set(paths))
     if not 1 <= overrides.get("ensemble_k", 1) <= 100:
         bad.append(("spec.ensemble_k", "must be in [1, 100]"))
     if bad:

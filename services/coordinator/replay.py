@@ -117,11 +117,16 @@ class Replay:
     scored: list[str]  # evaluation-split scores the replay made (a new pick, a new ensemble)
 
 
+def refuse_unless_replayable(name: str) -> None:
+    """Raise :class:`ReplayRefused`, saying why, for a setting a replay may not change."""
+    if name not in REPLAYABLE:
+        raise ReplayRefused(f"{name} cannot be replayed: {_WHY_NOT}")
+
+
 def replay_config(config: SearchConfig, overrides: Mapping[str, Any]) -> SearchConfig:
     """``config`` with ``overrides``; raises :class:`ReplayRefused` for a setting a replay may not change."""
     for name in overrides:
-        if name not in REPLAYABLE:
-            raise ReplayRefused(f"{name} cannot be replayed: {_WHY_NOT}")
+        refuse_unless_replayable(name)
     return dataclasses.replace(config, **overrides)
 
 
