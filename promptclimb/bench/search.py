@@ -103,13 +103,11 @@ def _domain(h: Any) -> Any:
 
 def pick(history: Sequence[Any], objective: str) -> Any:
     """The template ``objective`` picks from a search's history (the coordinator's own rule)."""
-    from services.coordinator.search import DEFAULT_OBJECTIVE_WEIGHT, Objective, objective_key
+    from services.coordinator.search import Objective, SearchConfig, SearchState
 
-    ranked = sorted(
-        enumerate(history),
-        key=lambda p: (*objective_key(p[1], Objective(objective), DEFAULT_OBJECTIVE_WEIGHT), p[0]),
-    )
-    return ranked[0][1]
+    state = SearchState(SearchConfig(dataset="bench", objective=Objective(objective)))
+    state.history = list(history)
+    return state.best
 
 
 async def one_search(
