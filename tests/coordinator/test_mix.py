@@ -29,40 +29,12 @@ from services.coordinator.search import (
 )
 from tests.coordinator.conftest import Harness
 from tests.coordinator.fakes import FakeOptimizer, fake_accuracy
+from tests.coordinator.test_core import Crash, MemoryJournal
 
 pytestmark = pytest.mark.timeout(60)
 
 
 # ---- in-process ports --------------------------------------------------------------------------
-
-
-class Crash(Exception):
-    pass
-
-
-class MemoryJournal:
-    """Records every proposal and score, as the store does, so a second run replays them."""
-
-    def __init__(self) -> None:
-        self.scores: dict[tuple[str, str], Score] = {}
-        self.proposals: dict[str, Proposal] = {}
-
-    def recorded_score(self, split: str, template: str) -> Score | None:
-        return self.scores.get((split, template))
-
-    async def record_scores(
-        self, split: str, scores: Sequence[Score], restart: int, iteration: int, origin: str
-    ) -> None:
-        self.scores.update({(split, s.template): s for s in scores})
-
-    def recorded_proposal(self, key: str) -> Proposal | None:
-        return self.proposals.get(key)
-
-    async def record_proposal(self, key: str, proposal: Proposal) -> None:
-        self.proposals[key] = proposal
-
-    async def checkpoint(self, state: SearchState, event: str) -> None:
-        return None
 
 
 ACC = re.compile(r"acc=([0-9.]+)")
