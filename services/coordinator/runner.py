@@ -228,6 +228,8 @@ class SearchRunner:
         if len(self.owner) > MAX_OWNER_CHARS:
             raise ValueError(f"replica id longer than {MAX_OWNER_CHARS} characters")
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        # The state of each search running here, for what reads it live (per-search metrics).
+        self.live: dict[str, tuple[SearchRecord, SearchState]] = {}
         self._claiming: set[str] = set()  # leases being taken (the store call is in flight)
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -351,6 +353,7 @@ class SearchRunner:
                 store_retry_seconds=self.store_retry_seconds,
             )
             state = SearchState(record.config)
+            self.live[search_id] = (record, state)
             log.info("search running", extra={"search": search_id, "resumed": journal.resumed})
             climb = HillClimb(
                 state, self.scorer, self.proposer, journal, initial_templates, started_at=record.start_time
@@ -376,6 +379,7 @@ class SearchRunner:
             )
         finally:
             metrics.RUNNING.dec()
+            self.live.pop(search_id, None)
             self.tasks.pop(search_id, None)
             self._wake.set()  # a slot is free: claim the next waiting search
 
