@@ -50,6 +50,7 @@ async def serve(settings: ScorerSettings, failed: list[BaseException] | None = N
     from services.scorer.datasets import parse_dataset_spec
     from services.scorer.engine import ScoringEngine
 
+    metrics.bind_model(settings.resolved_model_id())
     engine = ScoringEngine(settings)
     server = build_server(settings, engine)
     await server.start()

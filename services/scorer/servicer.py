@@ -228,6 +228,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
             embed_dim=info.embed_dim,
             text_truncation_exact=info.text_truncation_exact,
             max_templates_per_request=self.engine.settings.max_templates_per_request,
+            model_id=self.engine.settings.resolved_model_id(),
         )
 
 

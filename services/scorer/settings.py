@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +10,22 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from promptclimb.common.settings import ServerSettings
+
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+
+def default_model_id(model: str, pretrained: str | None) -> str:
+    """A model id from the open_clip model name and pretrained tag: ``RN50`` + ``openai`` -> ``rn50-openai``.
+
+    A ``local-dir:``/``hf-hub:`` model contributes its last path part, a weights file its stem;
+    lower case, every other character than ``[a-z0-9._-]`` becomes ``-``, at most 63 characters.
+    """
+    name = model.split(":", 1)[1] if model.startswith(("local-dir:", "hf-hub:")) else model
+    parts = [Path(name.rstrip("/")).name or name]
+    if pretrained:
+        parts.append(Path(pretrained).stem if "/" in pretrained or "." in pretrained else pretrained)
+    text = re.sub(r"[^a-z0-9._-]+", "-", "-".join(parts).lower()).strip("-._")
+    return (text or "model")[:63].rstrip("-._") or "model"
 
 
 class ScorerSettings(ServerSettings):
@@ -18,6 +35,13 @@ class ScorerSettings(ServerSettings):
 
     model: str = Field("RN50", description="open_clip model name, local-dir:PATH or hf-hub:ORG/REPO")
     pretrained: str | None = Field(None, description="open_clip pretrained tag or a weights file")
+    model_id: str | None = Field(
+        None,
+        pattern=MODEL_ID_PATTERN,
+        description="stable id of the served model (GetModelInfo, the `model` metric label, the "
+        "coordinator's --scorer MODEL_ID=TARGET); unset = derived from model and pretrained, "
+        "e.g. rn50-openai",
+    )
     device: str = Field("cpu", description="torch device, e.g. cpu, cuda, cuda:1")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="model precision")
     cache_dir: Path | None = Field(None, description="folder for cached image features; unset = no cache")
@@ -52,3 +76,7 @@ class ScorerSettings(ServerSettings):
         description="folders RegisterDataset may read (JSON list); empty = any path the process can read",
     )
     max_datasets: int = Field(64, gt=0, description="most datasets registered at once")
+
+    def resolved_model_id(self) -> str:
+        """``model_id``, else :func:`default_model_id` of ``model`` and ``pretrained``."""
+        return self.model_id or default_model_id(self.model, self.pretrained)

@@ -94,7 +94,9 @@ def scorer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProcess]:
     model = make_tiny_model_dir(root / "model")
     images = make_image_folder(root / "images", per_split={"test": 2})
     proc = serve(
-        "scorer", "--model", f"local-dir:{model}", "--dataset", f"demo={images}", "--cache-dir", str(root)
+        "scorer",
+        *("--model", f"local-dir:{model}", "--model-id", "tiny-a"),
+        *("--dataset", f"demo={images}", "--cache-dir", str(root)),
     )
     proc.wait_serving()
     yield proc
@@ -105,6 +107,14 @@ def test_reflection_lists_the_services(scorer: ServedProcess) -> None:
     with grpc.insecure_channel(scorer.target) as channel:
         services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
     assert services == {SCORER, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+
+
+def test_model_info_names_the_model_id(scorer: ServedProcess) -> None:
+    with grpc.insecure_channel(scorer.target) as channel:
+        info = scorer_pb2_grpc.ScorerServiceStub(channel).GetModelInfo(
+            scorer_pb2.GetModelInfoRequest(), timeout=30
+        )
+    assert info.model_id == "tiny-a"
 
 
 def _promtool() -> str | None:
@@ -132,16 +142,17 @@ def test_metrics_after_a_call_are_promtool_clean(scorer: ServedProcess, tmp_path
     assert f'grpc_server_handled_total{{grpc_code="NOT_FOUND",{method}}} 1.0' in text
     assert f"grpc_server_handling_seconds_count{{{method}}} 2.0" in text
     for name in (
-        "promptclimb_scorer_queue_depth 0.0",
-        "promptclimb_scorer_batch_size_count 1.0",
-        "promptclimb_scorer_queue_wait_seconds_count 1.0",
-        "promptclimb_scorer_compute_seconds_count 1.0",
-        "promptclimb_scorer_templates_evaluated_total 1.0",
-        "promptclimb_scorer_text_cache_misses_total 5.0",
-        "promptclimb_scorer_model_ready 1.0",
-        'promptclimb_scorer_model_info{device="cpu"',
+        'promptclimb_scorer_queue_depth{model="tiny-a"} 0.0',
+        'promptclimb_scorer_batch_size_count{model="tiny-a"} 1.0',
+        'promptclimb_scorer_queue_wait_seconds_count{model="tiny-a"} 1.0',
+        'promptclimb_scorer_compute_seconds_count{model="tiny-a"} 1.0',
+        'promptclimb_scorer_templates_evaluated_total{model="tiny-a"} 1.0',
+        'promptclimb_scorer_text_cache_misses_total{model="tiny-a"} 5.0',
+        'promptclimb_scorer_model_ready{model="tiny-a"} 1.0',
+        'promptclimb_scorer_model_info{device="cpu",model="tiny-a",model_name=',
     ):
         assert name in text, name
+    assert 'model="unset"' not in text  # the placeholder id of an unnamed engine is never exported
     promtool = _promtool()
     if promtool is None:
         if os.environ.get("PROMPTCLIMB_REQUIRE_TOOLS"):

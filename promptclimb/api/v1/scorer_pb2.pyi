@@ -173,7 +173,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_name", "pretrained", "device", "precision", "context_length", "embed_dim", "text_truncation_exact", "max_templates_per_request")
+    __slots__ = ("model_name", "pretrained", "device", "precision", "context_length", "embed_dim", "text_truncation_exact", "max_templates_per_request", "model_id")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     PRETRAINED_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +182,7 @@ class GetModelInfoResponse(_message.Message):
     EMBED_DIM_FIELD_NUMBER: _ClassVar[int]
     TEXT_TRUNCATION_EXACT_FIELD_NUMBER: _ClassVar[int]
     MAX_TEMPLATES_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     pretrained: str
     device: str
@@ -190,4 +191,5 @@ class GetModelInfoResponse(_message.Message):
     embed_dim: int
     text_truncation_exact: bool
     max_templates_per_request: int
-    def __init__(self, model_name: _Optional[str] = ..., pretrained: _Optional[str] = ..., device: _Optional[str] = ..., precision: _Optional[str] = ..., context_length: _Optional[int] = ..., embed_dim: _Optional[int] = ..., text_truncation_exact: _Optional[bool] = ..., max_templates_per_request: _Optional[int] = ...) -> None: ...
+    model_id: str
+    def __init__(self, model_name: _Optional[str] = ..., pretrained: _Optional[str] = ..., device: _Optional[str] = ..., precision: _Optional[str] = ..., context_length: _Optional[int] = ..., embed_dim: _Optional[int] = ..., text_truncation_exact: _Optional[bool] = ..., max_templates_per_request: _Optional[int] = ..., model_id: _Optional[str] = ...) -> None: ...
