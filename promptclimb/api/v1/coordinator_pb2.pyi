@@ -13,6 +13,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ObjectiveAggregate(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OBJECTIVE_AGGREGATE_UNSPECIFIED: _ClassVar[ObjectiveAggregate]
+    OBJECTIVE_AGGREGATE_MEAN: _ClassVar[ObjectiveAggregate]
+    OBJECTIVE_AGGREGATE_MIN: _ClassVar[ObjectiveAggregate]
+
 class Objective(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     OBJECTIVE_UNSPECIFIED: _ClassVar[Objective]
@@ -59,6 +65,9 @@ class SearchEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SEARCH_EVENT_TYPE_PHASE_CHANGED: _ClassVar[SearchEventType]
     SEARCH_EVENT_TYPE_ITERATION_DONE: _ClassVar[SearchEventType]
     SEARCH_EVENT_TYPE_NEW_BEST: _ClassVar[SearchEventType]
+OBJECTIVE_AGGREGATE_UNSPECIFIED: ObjectiveAggregate
+OBJECTIVE_AGGREGATE_MEAN: ObjectiveAggregate
+OBJECTIVE_AGGREGATE_MIN: ObjectiveAggregate
 OBJECTIVE_UNSPECIFIED: Objective
 OBJECTIVE_ACCURACY: Objective
 OBJECTIVE_ACCURACY_THEN_LOSS: Objective
@@ -118,7 +127,7 @@ class InitialPool(_message.Message):
     def __init__(self, named_pool: _Optional[str] = ..., templates: _Optional[_Union[TemplateList, _Mapping]] = ..., llm_starters: _Optional[int] = ...) -> None: ...
 
 class SearchSpec(_message.Message):
-    __slots__ = ("dataset", "selection_split", "evaluation_split", "strategy", "best_k", "worst_k", "temperature", "initial_pool", "restarts", "iterations", "templates_per_iteration", "budget", "seed", "task_description", "ensemble_k", "display_name", "patience", "min_delta", "mix", "mix_mode", "objective", "objective_weight")
+    __slots__ = ("dataset", "selection_split", "evaluation_split", "strategy", "best_k", "worst_k", "temperature", "initial_pool", "restarts", "iterations", "templates_per_iteration", "budget", "seed", "task_description", "ensemble_k", "display_name", "patience", "min_delta", "mix", "mix_mode", "objective", "objective_weight", "model", "transfer_models", "objective_models", "objective_aggregate")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SELECTION_SPLIT_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_SPLIT_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +150,10 @@ class SearchSpec(_message.Message):
     MIX_MODE_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_MODELS_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_MODELS_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_AGGREGATE_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     selection_split: str
     evaluation_split: str
@@ -163,7 +176,11 @@ class SearchSpec(_message.Message):
     mix_mode: MixMode
     objective: Objective
     objective_weight: float
-    def __init__(self, dataset: _Optional[str] = ..., selection_split: _Optional[str] = ..., evaluation_split: _Optional[str] = ..., strategy: _Optional[_Union[_common_pb2.Strategy, str]] = ..., best_k: _Optional[int] = ..., worst_k: _Optional[int] = ..., temperature: _Optional[float] = ..., initial_pool: _Optional[_Union[InitialPool, _Mapping]] = ..., restarts: _Optional[int] = ..., iterations: _Optional[int] = ..., templates_per_iteration: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., seed: _Optional[int] = ..., task_description: _Optional[str] = ..., ensemble_k: _Optional[int] = ..., display_name: _Optional[str] = ..., patience: _Optional[int] = ..., min_delta: _Optional[float] = ..., mix: _Optional[_Iterable[_Union[_common_pb2.Strategy, str]]] = ..., mix_mode: _Optional[_Union[MixMode, str]] = ..., objective: _Optional[_Union[Objective, str]] = ..., objective_weight: _Optional[float] = ...) -> None: ...
+    model: str
+    transfer_models: _containers.RepeatedScalarFieldContainer[str]
+    objective_models: _containers.RepeatedScalarFieldContainer[str]
+    objective_aggregate: ObjectiveAggregate
+    def __init__(self, dataset: _Optional[str] = ..., selection_split: _Optional[str] = ..., evaluation_split: _Optional[str] = ..., strategy: _Optional[_Union[_common_pb2.Strategy, str]] = ..., best_k: _Optional[int] = ..., worst_k: _Optional[int] = ..., temperature: _Optional[float] = ..., initial_pool: _Optional[_Union[InitialPool, _Mapping]] = ..., restarts: _Optional[int] = ..., iterations: _Optional[int] = ..., templates_per_iteration: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., seed: _Optional[int] = ..., task_description: _Optional[str] = ..., ensemble_k: _Optional[int] = ..., display_name: _Optional[str] = ..., patience: _Optional[int] = ..., min_delta: _Optional[float] = ..., mix: _Optional[_Iterable[_Union[_common_pb2.Strategy, str]]] = ..., mix_mode: _Optional[_Union[MixMode, str]] = ..., objective: _Optional[_Union[Objective, str]] = ..., objective_weight: _Optional[float] = ..., model: _Optional[str] = ..., transfer_models: _Optional[_Iterable[str]] = ..., objective_models: _Optional[_Iterable[str]] = ..., objective_aggregate: _Optional[_Union[ObjectiveAggregate, str]] = ...) -> None: ...
 
 class IterationSummary(_message.Message):
     __slots__ = ("restart", "iteration", "best_accuracy", "mean_accuracy", "num_templates", "propose_seconds", "score_seconds")
@@ -184,7 +201,7 @@ class IterationSummary(_message.Message):
     def __init__(self, restart: _Optional[int] = ..., iteration: _Optional[int] = ..., best_accuracy: _Optional[float] = ..., mean_accuracy: _Optional[float] = ..., num_templates: _Optional[int] = ..., propose_seconds: _Optional[float] = ..., score_seconds: _Optional[float] = ...) -> None: ...
 
 class SearchResult(_message.Message):
-    __slots__ = ("best", "best_evaluation_accuracy", "ensemble_templates", "ensemble_evaluation_accuracy", "partial", "tied_templates", "greedy_ensemble_templates", "greedy_ensemble_evaluation_accuracy")
+    __slots__ = ("best", "best_evaluation_accuracy", "ensemble_templates", "ensemble_evaluation_accuracy", "partial", "tied_templates", "greedy_ensemble_templates", "greedy_ensemble_evaluation_accuracy", "transfer")
     BEST_FIELD_NUMBER: _ClassVar[int]
     BEST_EVALUATION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     ENSEMBLE_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +210,7 @@ class SearchResult(_message.Message):
     TIED_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     GREEDY_ENSEMBLE_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     GREEDY_ENSEMBLE_EVALUATION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_FIELD_NUMBER: _ClassVar[int]
     best: _common_pb2.ScoredTemplate
     best_evaluation_accuracy: float
     ensemble_templates: _containers.RepeatedScalarFieldContainer[str]
@@ -201,7 +219,22 @@ class SearchResult(_message.Message):
     tied_templates: _containers.RepeatedScalarFieldContainer[str]
     greedy_ensemble_templates: _containers.RepeatedScalarFieldContainer[str]
     greedy_ensemble_evaluation_accuracy: float
-    def __init__(self, best: _Optional[_Union[_common_pb2.ScoredTemplate, _Mapping]] = ..., best_evaluation_accuracy: _Optional[float] = ..., ensemble_templates: _Optional[_Iterable[str]] = ..., ensemble_evaluation_accuracy: _Optional[float] = ..., partial: _Optional[bool] = ..., tied_templates: _Optional[_Iterable[str]] = ..., greedy_ensemble_templates: _Optional[_Iterable[str]] = ..., greedy_ensemble_evaluation_accuracy: _Optional[float] = ...) -> None: ...
+    transfer: _containers.RepeatedCompositeFieldContainer[TransferScore]
+    def __init__(self, best: _Optional[_Union[_common_pb2.ScoredTemplate, _Mapping]] = ..., best_evaluation_accuracy: _Optional[float] = ..., ensemble_templates: _Optional[_Iterable[str]] = ..., ensemble_evaluation_accuracy: _Optional[float] = ..., partial: _Optional[bool] = ..., tied_templates: _Optional[_Iterable[str]] = ..., greedy_ensemble_templates: _Optional[_Iterable[str]] = ..., greedy_ensemble_evaluation_accuracy: _Optional[float] = ..., transfer: _Optional[_Iterable[_Union[TransferScore, _Mapping]]] = ...) -> None: ...
+
+class TransferScore(_message.Message):
+    __slots__ = ("model", "best_evaluation_accuracy", "ensemble_evaluation_accuracy", "plain_template", "plain_evaluation_accuracy")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BEST_EVALUATION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    ENSEMBLE_EVALUATION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    PLAIN_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    PLAIN_EVALUATION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    best_evaluation_accuracy: float
+    ensemble_evaluation_accuracy: float
+    plain_template: str
+    plain_evaluation_accuracy: float
+    def __init__(self, model: _Optional[str] = ..., best_evaluation_accuracy: _Optional[float] = ..., ensemble_evaluation_accuracy: _Optional[float] = ..., plain_template: _Optional[str] = ..., plain_evaluation_accuracy: _Optional[float] = ...) -> None: ...
 
 class Search(_message.Message):
     __slots__ = ("name", "id", "spec", "state", "phase", "restart", "iteration", "create_time", "update_time", "end_time", "best", "result", "history", "iterations", "usage", "wall_seconds", "end_reason", "error_code", "request_id")
@@ -338,3 +371,33 @@ class ReplaySearchResponse(_message.Message):
     replayed: Search
     scored: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, original: _Optional[_Union[Search, _Mapping]] = ..., replayed: _Optional[_Union[Search, _Mapping]] = ..., scored: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ServedModel(_message.Message):
+    __slots__ = ("id", "target", "ready", "datasets", "default", "reason", "model_name", "pretrained")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    PRETRAINED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    target: str
+    ready: bool
+    datasets: _containers.RepeatedScalarFieldContainer[str]
+    default: bool
+    reason: str
+    model_name: str
+    pretrained: str
+    def __init__(self, id: _Optional[str] = ..., target: _Optional[str] = ..., ready: _Optional[bool] = ..., datasets: _Optional[_Iterable[str]] = ..., default: _Optional[bool] = ..., reason: _Optional[str] = ..., model_name: _Optional[str] = ..., pretrained: _Optional[str] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ServedModel]
+    def __init__(self, models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ...) -> None: ...

@@ -65,6 +65,11 @@ class CoordinatorServiceStub:
                 request_serializer=promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ReplaySearchRequest.SerializeToString,
                 response_deserializer=promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ReplaySearchResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/promptclimb.api.v1.CoordinatorService/ListModels',
+                request_serializer=promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -112,6 +117,14 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """The scorer models this coordinator reaches (--scorer MODEL_ID=TARGET): id, target, whether
+        the target is serving that model, and its datasets as last checked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +157,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.ReplaySearch,
                     request_deserializer=promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ReplaySearchRequest.FromString,
                     response_serializer=promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ReplaySearchResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ListModelsRequest.FromString,
+                    response_serializer=promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +327,33 @@ class CoordinatorService:
             '/promptclimb.api.v1.CoordinatorService/ReplaySearch',
             promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ReplaySearchRequest.SerializeToString,
             promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ReplaySearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptclimb.api.v1.CoordinatorService/ListModels',
+            promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ListModelsRequest.SerializeToString,
+            promptclimb_dot_api_dot_v1_dot_coordinator__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
