@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from promptclimb.common.runner import run_service
@@ -15,8 +16,14 @@ SERVICE_NAME = "promptclimb.api.v1.CoordinatorService"
 
 
 def run(settings: CoordinatorSettings) -> int:
-    """Serve until SIGTERM."""
-    return run_service(settings, lambda: serve(settings))
+    """Serve until SIGTERM; 2 with one line on stderr when the store can not be used."""
+    from services.coordinator.store import StoreRefused
+
+    try:
+        return run_service(settings, lambda: serve(settings))
+    except StoreRefused as err:  # a message naming the store, not a traceback
+        print(f"promptclimb serve coordinator: {err}", file=sys.stderr)
+        return 2
 
 
 def build_server(settings: CoordinatorSettings, runner: SearchRunner) -> ServiceServer:

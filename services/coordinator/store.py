@@ -9,6 +9,13 @@ Ownership: a replica runs a search only while it holds the row's lease (``lease_
 alike — and every progress write is fenced on the owner, so a replica that lost its lease can
 not overwrite the new owner's progress.
 
+Schema: the ``promptclimb_schema`` table holds the schema's version (:data:`SCHEMA_VERSION`). At
+start :meth:`SearchStore.__init__` refuses, with :class:`StoreRefused` naming the file or URL, a
+file that is not a SQLite database, a database of someone else's tables, and a schema newer than
+this code; an older one is migrated in place, one step of :data:`MIGRATIONS` per version, inside one
+transaction that holds the database (``BEGIN IMMEDIATE`` on SQLite, an advisory lock on
+PostgreSQL) so two replicas starting at once migrate it once. Each step is idempotent as well.
+
 Outages: a restarted PostgreSQL leaves dead connections in the pool, so the engine pings a
 connection before handing it out; an outage still in progress surfaces as an error that
 :func:`is_transient` recognises, which the runner retries. The journal inserts are idempotent
@@ -18,9 +25,10 @@ connection before handing it out; an outage still in progress surfaces as an err
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +36,7 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     Column,
+    Connection,
     Engine,
     Float,
     Integer,
@@ -47,7 +56,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import SingletonThreadPool
 
 from promptclimb.common.vocabulary import LifecycleState
@@ -62,7 +71,12 @@ from services.coordinator.search import (
     Usage,
 )
 
+log = logging.getLogger(__name__)
+
 metadata = MetaData()
+
+# The schema this code reads and writes; a database records its own in ``promptclimb_schema``.
+SCHEMA_VERSION = 1
 
 # Replica ids are host names plus a suffix; PostgreSQL enforces the column length (SQLite does not).
 MAX_OWNER_CHARS = 255
@@ -128,8 +142,55 @@ events = Table(
     Column("detail", Text, nullable=False, default=""),
 )
 
+schema_info = Table(
+    "promptclimb_schema",
+    metadata,
+    Column("id", Integer, primary_key=True),  # always 1: a single row
+    Column("version", Integer, nullable=False),
+)
+
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = (s.value for s in LifecycleState)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+class StoreRefused(Exception):
+    """The store given can not be used as it is (not a database, foreign tables, newer schema)."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step: a database at ``to_version - 1`` is brought to ``to_version`` by ``apply``."""
+
+    to_version: int
+    what: str
+    apply: Callable[[Connection], None]
+
+
+def _migrate_unversioned(c: Connection) -> None:
+    """Version 0 (stores made before the version table) -> 1: tables and columns added since 0.1.
+
+    Missing tables are created; ``scored_templates.loss``, ``per_image_correct`` and
+    ``per_image_loss`` are added as nullable columns (``ALTER TABLE ... ADD COLUMN``, which SQLite
+    and PostgreSQL both accept), so old rows read NULL (their ties keep earliest-first order;
+    CONFIDENT ranks them by accuracy and loss).
+    """
+    metadata.create_all(c, tables=[searches, scored_templates, llm_calls, events, schema_info])
+    present = {col["name"] for col in inspect(c).get_columns("scored_templates")}
+    added = (("loss", Float()), ("per_image_correct", LargeBinary()), ("per_image_loss", LargeBinary()))
+    for name, kind in added:  # BLOB on SQLite, BYTEA on PostgreSQL
+        if name not in present:
+            sql_type = kind.compile(dialect=c.dialect)
+            c.execute(text(f"ALTER TABLE scored_templates ADD COLUMN {name} {sql_type}"))
+
+
+# MIGRATIONS[v] takes a database from version v to v + 1; append a step with each schema change.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "tables and columns added before the schema was versioned", _migrate_unversioned),
+)
+assert len(MIGRATIONS) == SCHEMA_VERSION and all(m.to_version == i + 1 for i, m in enumerate(MIGRATIONS))
+
+# Any constant will do: it names the lock that serialises migrations on a PostgreSQL database.
+_PG_MIGRATION_LOCK = 0x70636C6D62
 
 
 def database_url(store: str) -> str:
@@ -241,26 +302,95 @@ class SearchStore:
             raise ValueError(f"an in-memory SQLite store is not supported ({self.url}); give a file")
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
-        self._upgrade()
+        try:
+            self._prepare_schema()
+        except StoreRefused:
+            self.engine.dispose()
+            raise
+        except (SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error) as err:
+            self.engine.dispose()
+            raise StoreRefused(self._cannot_use(err)) from err
 
-    def _upgrade(self) -> None:
-        """Add columns that later versions introduced to a database made by an earlier one.
+    @property
+    def where(self) -> str:
+        """The store for messages: a SQLite file's path, else the URL with its password hidden."""
+        if self.engine.dialect.name == "sqlite" and self.engine.url.database:
+            return self.engine.url.database
+        return self.engine.url.render_as_string(hide_password=True)
 
-        ``create_all`` makes missing tables, not missing columns. Nullable columns so far
-        (``scored_templates.loss``, then ``per_image_correct`` / ``per_image_loss``): an
-        ``ALTER TABLE ... ADD COLUMN`` that SQLite and PostgreSQL both accept, with old rows reading
-        NULL (their ties keep the earliest-first order; CONFIDENT ranks them by accuracy and loss).
-        """
-        present = {c["name"] for c in inspect(self.engine).get_columns("scored_templates")}
-        if "loss" not in present:
-            with self.engine.begin() as c:
-                c.execute(text("ALTER TABLE scored_templates ADD COLUMN loss FLOAT"))
-        for name in ("per_image_correct", "per_image_loss"):  # BLOB on SQLite, BYTEA on PostgreSQL
-            if name not in present:
-                kind = LargeBinary().compile(dialect=self.engine.dialect)
-                with self.engine.begin() as c:
-                    c.execute(text(f"ALTER TABLE scored_templates ADD COLUMN {name} {kind}"))
+    def _cannot_use(self, err: BaseException) -> str:
+        cause = getattr(err, "orig", None) or err
+        first_line = (str(cause).strip().splitlines() or [""])[0]
+        if self.engine.dialect.name == "sqlite" and "not a database" in first_line:
+            return (
+                f"{self.where} is not a SQLite database ({first_line});"
+                " give a promptclimb store or a new file"
+            )
+        return f"cannot open the search store {self.where}: {type(cause).__name__}: {first_line}"
+
+    def _prepare_schema(self) -> None:
+        """Create, check or migrate the schema in one transaction that holds the database."""
+        with self.engine.connect() as c:
+            self._prepare_schema_in(c)
+            if c.dialect.name == "sqlite":
+                # WAL (persistent in the file) lets a reader (GetSearch) go on while the runner
+                # writes. Set only now: a refused file is left byte for byte as it was.
+                _set_wal(c)
+
+    def _prepare_schema_in(self, c: Connection) -> None:
+        # Refusals raise before anything is written; leaving the block rolls the transaction back.
+        if c.dialect.name == "sqlite":
+            c.exec_driver_sql("BEGIN IMMEDIATE")  # a second replica starting now waits here
+        elif c.dialect.name == "postgresql":
+            c.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+        tables = set(inspect(c).get_table_names())
+        if not tables:
+            metadata.create_all(c)
+            c.execute(insert(schema_info).values(id=1, version=SCHEMA_VERSION))
+            c.commit()
+            return
+        if schema_info.name in tables:
+            version = c.execute(select(schema_info.c.version).where(schema_info.c.id == 1)).scalar()
+            if version is None:
+                raise StoreRefused(f"{self.where}: {schema_info.name} holds no version; damaged store")
+        elif searches.name in tables:
+            version = 0  # made before the schema was versioned, unless that table is someone else's
+            self._check_columns(c, [searches])
+        else:
+            found = ", ".join(sorted(tables)[:8])
+            raise StoreRefused(
+                f"{self.where} holds tables that are not a promptclimb search store ({found});"
+                " give an empty database or a new file"
+            )
+        if version > SCHEMA_VERSION:
+            raise StoreRefused(
+                f"{self.where} has schema version {version}, newer than this coordinator's"
+                f" {SCHEMA_VERSION}: upgrade promptclimb (it is not used, so nothing in it is changed)"
+            )
+        for step in MIGRATIONS[version:]:
+            log.info(
+                "migrating the search store",
+                extra={"store": self.where, "to_version": step.to_version, "what": step.what},
+            )
+            step.apply(c)
+        self._check_columns(c)
+        if version == 0:
+            c.execute(insert(schema_info).values(id=1, version=SCHEMA_VERSION))
+        elif version < SCHEMA_VERSION:
+            c.execute(update(schema_info).where(schema_info.c.id == 1).values(version=SCHEMA_VERSION))
+        c.commit()
+
+    def _check_columns(self, c: Connection, tables: Sequence[Table] = ()) -> None:
+        """Refuse a database whose tables lack columns of ours (someone else's ``searches`` table)."""
+        inspector = inspect(c)
+        for table in tables or metadata.sorted_tables:
+            present = {col["name"] for col in inspector.get_columns(table.name)}
+            missing = [col.name for col in table.columns if col.name not in present]
+            if missing:
+                raise StoreRefused(
+                    f"{self.where}: table {table.name} lacks columns {', '.join(missing)}; it is not a"
+                    " promptclimb search store (or a damaged one)"
+                )
 
     def close(self) -> None:
         """Release connections."""
@@ -613,10 +743,23 @@ class SearchStore:
             return result.rowcount == 1
 
 
+def _set_wal(c: Connection, *, within: float = 10.0) -> None:
+    # Switching the journal mode needs the file to itself, and SQLite answers "locked" at once,
+    # without its busy timeout, while another replica starting now holds it: retry for a while.
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            c.exec_driver_sql("PRAGMA journal_mode=WAL")
+            return
+        except OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets a reader (GetSearch) proceed while the runner writes; busy_timeout rides out a restart.
+    # busy_timeout rides out a restart; WAL is set once the schema is accepted (_prepare_schema).
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()

@@ -220,6 +220,7 @@ def test_a_database_from_before_the_loss_column_is_upgraded_in_place(tmp_path: P
     record, _ = store.create(SearchConfig(dataset="d"), None)
     store.close()
     with sqlite3.connect(db) as c:  # make it look like the earlier schema, with one old row
+        c.execute("DROP TABLE promptclimb_schema")  # made before the schema was versioned
         c.execute("ALTER TABLE scored_templates DROP COLUMN loss")
         c.execute(
             "INSERT INTO scored_templates (search_id, split, template, accuracy, correct, total, restart,"
