@@ -121,6 +121,10 @@ class AsyncSearchStore:
         """See :meth:`SearchStore.claimable`."""
         return await self._call(self.sync.claimable)
 
+    async def now(self) -> float:
+        """See :meth:`SearchStore.now`."""
+        return await self._call(self.sync.now)
+
     # ---- journal rows --------------------------------------------------------------------------
 
     async def scores(self, search_id: str) -> dict[tuple[str, str], Score]:

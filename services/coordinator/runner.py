@@ -272,7 +272,8 @@ class SearchRunner:
             if (
                 record is not None
                 and not record.done
-                and (record.lease_owner is None or (record.lease_expires or 0) < time.time())
+                # Judged by the database's clock, as the lease was set: not this replica's.
+                and (record.lease_owner is None or (record.lease_expires or 0) < await self.store.now())
             ):
                 await self._finish(search_id, None, CANCELLED, "cancelled")
             # else: the owning replica sees the flag at its next lease renewal.

@@ -9,6 +9,12 @@ Ownership: a replica runs a search only while it holds the row's lease (``lease_
 alike — and every progress write is fenced on the owner, so a replica that lost its lease can
 not overwrite the new owner's progress.
 
+Lease time is the database's clock, never a replica's: on PostgreSQL every lease is taken, renewed
+and judged against the server's ``clock_timestamp()`` inside the UPDATE itself, so a replica whose
+wall clock is off by a minute neither takes a live lease nor keeps a dead one. SQLite has no server:
+every replica of a SQLite store runs on the one host whose file it is, so that host's clock (the
+store's ``clock``, ``time.time`` unless a test injects one) is the database's clock.
+
 Schema: the ``promptclimb_schema`` table holds the schema's version (:data:`SCHEMA_VERSION`). At
 start :meth:`SearchStore.__init__` refuses, with :class:`StoreRefused` naming the file or URL, a
 file that is not a SQLite database, a database of someone else's tables, and a schema newer than
@@ -36,6 +42,7 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     Column,
+    ColumnElement,
     Connection,
     Engine,
     Float,
@@ -47,10 +54,14 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    cast,
     create_engine,
     event,
+    extract,
+    func,
     insert,
     inspect,
+    literal,
     or_,
     select,
     text,
@@ -291,7 +302,13 @@ class SearchStore:
     returns it, so async code calls it from worker threads (:mod:`services.coordinator.async_store`).
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
+        """Open (create, check or migrate) the store at ``url``; :class:`StoreRefused` if it can't be used.
+
+        ``clock`` is this replica's wall clock, for the times recorded on searches; leases go by
+        the database's clock (on SQLite, which has no server, the host's: ``clock`` again).
+        """
+        self.clock = clock
         self.url = database_url(url)
         # pre_ping: after a database restart every pooled connection is dead; test before use.
         self.engine: Engine = create_engine(self.url, pool_pre_ping=True)
@@ -404,7 +421,7 @@ class SearchStore:
             existing = self.by_request_id(request_id)
             if existing is not None:
                 return existing, False
-        now = time.time()
+        now = self.clock()
         search_id = uuid.uuid4().hex[:16]
         try:
             with self.engine.begin() as c:
@@ -488,7 +505,7 @@ class SearchStore:
             restart=state.restart,
             iteration=state.iteration,
             progress=progress.to_json(),
-            update_time=time.time(),
+            update_time=self.clock(),
         )
         return self._fenced_update(search_id, owner, values)
 
@@ -497,9 +514,9 @@ class SearchStore:
         record = self.get(search_id)
         if record is None:
             return False
-        values: dict[str, Any] = {"state": RUNNING, "update_time": time.time()}
+        values: dict[str, Any] = {"state": RUNNING, "update_time": self.clock()}
         if record.start_time is None:
-            values["start_time"] = time.time()
+            values["start_time"] = self.clock()
         ok = self._fenced_update(search_id, owner, values)
         if ok and record.state != RUNNING:
             self.add_event(search_id, "state", RUNNING)
@@ -527,7 +544,7 @@ class SearchStore:
             progress.best = progress_state.best
             progress.result = progress_state.result
         progress.end_reason, progress.error_code = end_reason, error_code
-        now = time.time()
+        now = self.clock()
         if wall_seconds is not None:
             progress.wall_seconds = wall_seconds
         elif record.start_time is not None:
@@ -566,7 +583,7 @@ class SearchStore:
 
     def try_acquire(self, search_id: str, owner: str, lease_seconds: float) -> bool:
         """Take the lease of an unfinished search that is free, expired or already ours."""
-        now = time.time()
+        now = self._db_now()
         with self.engine.begin() as c:
             result = c.execute(
                 update(searches)
@@ -585,7 +602,7 @@ class SearchStore:
 
     def renew(self, owner: str, search_ids: Sequence[str], lease_seconds: float) -> dict[str, bool]:
         """Extend our leases; returns, per search still ours, whether cancellation was requested."""
-        now = time.time()
+        now = self._db_now()
         held: dict[str, bool] = {}
         with self.engine.begin() as c:
             for sid in search_ids:
@@ -613,7 +630,7 @@ class SearchStore:
 
     def claimable(self) -> list[str]:
         """Unfinished searches nobody holds a live lease on, oldest first."""
-        now = time.time()
+        now = self._db_now()
         with self.engine.connect() as c:
             rows = c.execute(
                 select(searches.c.id)
@@ -706,7 +723,7 @@ class SearchStore:
                         search_id=search_id,
                         call_key=key,
                         reply=json.dumps(proposal.to_json()),
-                        create_time=time.time(),
+                        create_time=self.clock(),
                     )
                 )
         except IntegrityError:
@@ -725,7 +742,18 @@ class SearchStore:
     def add_event(self, search_id: str, kind: str, detail: str = "") -> None:
         """Append to the search's event log."""
         with self.engine.begin() as c:
-            c.execute(insert(events).values(search_id=search_id, time=time.time(), type=kind, detail=detail))
+            c.execute(insert(events).values(search_id=search_id, time=self.clock(), type=kind, detail=detail))
+
+    def now(self) -> float:
+        """The database's clock (epoch seconds), which every lease expiry is set and judged by."""
+        with self.engine.connect() as c:
+            return float(c.execute(select(self._db_now())).scalar_one())
+
+    def _db_now(self) -> ColumnElement[float]:
+        # Evaluated by the server on PostgreSQL, inside the statement that sets or judges a lease.
+        if self.engine.dialect.name == "postgresql":
+            return cast(extract("epoch", func.clock_timestamp()), Float)
+        return literal(self.clock(), Float)  # SQLite: the one host's clock (see the module docstring)
 
     def _fenced_update(self, search_id: str, owner: str, values: dict[str, Any]) -> bool:
         with self.engine.begin() as c:

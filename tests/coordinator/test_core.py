@@ -20,6 +20,7 @@ from services.coordinator.search import (
 )
 from services.coordinator.store import SearchStore
 from tests.coordinator.fakes import fake_accuracy
+from tests.support.clock import ManualClock
 
 
 class Crash(Exception):
@@ -142,16 +143,19 @@ async def test_duration_budget_is_not_applied_to_recorded_steps() -> None:
 
 
 def test_request_id_is_unique_and_leases_are_exclusive(tmp_path: Path) -> None:
-    store = SearchStore(str(tmp_path / "s.db"))
-    other = SearchStore(str(tmp_path / "s.db"))  # a second replica on the same database
+    clock = ManualClock()  # leases expire when the test says, not when real time has raced past
+    store = SearchStore(str(tmp_path / "s.db"), clock=clock)
+    other = SearchStore(str(tmp_path / "s.db"), clock=clock)  # a second replica on the same database
     a, created = store.create(SearchConfig(dataset="d"), "req-1")
     b, created_again = other.create(SearchConfig(dataset="e"), "req-1")
     assert created and not created_again and a.id == b.id and b.config.dataset == "d"
     assert store.try_acquire(a.id, "replica-1", lease_seconds=60)
     assert not other.try_acquire(a.id, "replica-2", lease_seconds=60)
     assert other.claimable() == []
-    assert store.try_acquire(a.id, "replica-1", lease_seconds=0.01)  # renew to a short lease
-    time.sleep(0.05)
+    assert store.try_acquire(a.id, "replica-1", lease_seconds=1)  # renew to a short lease
+    clock.advance(0.9)
+    assert other.claimable() == []
+    clock.advance(0.2)
     assert other.claimable() == [a.id]
     assert other.try_acquire(a.id, "replica-2", lease_seconds=60)
     # The old owner's progress writes are fenced off now.
