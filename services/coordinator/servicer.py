@@ -35,7 +35,7 @@ from services.coordinator.convert import (
 from services.coordinator.replay import ReplayRefused, replay
 from services.coordinator.runner import SearchRunner
 from services.coordinator.search import SearchFailed
-from services.coordinator.store import Progress, is_transient
+from services.coordinator.store import Progress, is_disk_full, is_transient
 from services.coordinator.watch import watch
 
 MAX_PAGE_SIZE = 100
@@ -45,20 +45,33 @@ MAX_OFFSET = 2**62  # below every database's 64-bit integer limit
 STORE_DOWN = ServiceError(
     grpc.StatusCode.UNAVAILABLE, "the search store is unavailable; retry shortly", retry_after_seconds=1.0
 )
+# A full disk under the store: writes fail until space is freed, reads and running searches wait.
+STORE_FULL = ServiceError(
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "the search store's disk is full: nothing recorded is lost; retry once space is freed",
+    retry_after_seconds=10.0,
+)
+
+
+def store_error(err: BaseException) -> ServiceError | None:
+    """The status a store error is answered with, or None when it is not the store's condition."""
+    if is_disk_full(err):
+        return STORE_FULL
+    return STORE_DOWN if is_transient(err) else None
 
 
 def _store_outage_is_unavailable(
     method: Callable[..., Awaitable[Any]],
 ) -> Callable[..., Awaitable[Any]]:
-    """A store outage (database restarting, lock held) is UNAVAILABLE with a retry delay, not UNKNOWN."""
+    """A store outage is UNAVAILABLE, a full disk RESOURCE_EXHAUSTED, each with a retry delay, not UNKNOWN."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
         except Exception as err:
-            if is_transient(err):
-                await abort(context, STORE_DOWN)
+            if (status := store_error(err)) is not None:
+                await abort(context, status)
             raise
 
     return wrapper
@@ -110,8 +123,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                     event=EVENT_TO_PROTO[SearchEvent(event)], search=search_to_proto(record, full=full)
                 )
         except Exception as err:
-            if is_transient(err):
-                await abort(context, STORE_DOWN)
+            if (status := store_error(err)) is not None:
+                await abort(context, status)
             raise
 
     @_store_outage_is_unavailable

@@ -30,8 +30,10 @@ connection before handing it out; an outage still in progress surfaces as an err
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -215,10 +217,23 @@ def is_transient(err: BaseException) -> bool:
     """Whether a store error is an outage worth retrying (server restarting, lock held, link lost).
 
     Constraint violations, bad data and programming errors are not: retrying cannot fix them.
+    A full disk (:func:`is_disk_full`) is, deliberately: nothing recorded is lost, reads still
+    work, and a write retried once space is freed goes through, so a search pauses, not fails.
     """
     if isinstance(err, (OperationalError, InterfaceError)):
         return True
     return isinstance(err, DBAPIError) and err.connection_invalidated
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether a store error is a full disk: SQLite's SQLITE_FULL, PostgreSQL's disk_full, ENOSPC."""
+    cause = getattr(err, "orig", None) or err
+    if isinstance(cause, sqlite3.Error):
+        code = getattr(cause, "sqlite_errorcode", None)
+        return code == sqlite3.SQLITE_FULL or (code is None and "database or disk is full" in str(cause))
+    if getattr(cause, "sqlstate", None) == "53100":  # PostgreSQL: could not extend file ...
+        return True
+    return isinstance(cause, OSError) and cause.errno == errno.ENOSPC
 
 
 @dataclass
