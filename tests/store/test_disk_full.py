@@ -153,3 +153,29 @@ async def test_a_full_disk_pauses_the_search_answers_resource_exhausted_and_lose
     # And new searches are taken again, and run to the end.
     again = await served.start("after")
     assert (await served.wait_for(again, lambda r: r.done)).state == SUCCEEDED
+
+
+def test_a_full_disk_is_told_apart_from_other_store_errors() -> None:
+    import errno
+
+    from sqlalchemy.exc import OperationalError
+
+    from services.coordinator.store import is_disk_full, is_transient
+
+    pg_errors = pytest.importorskip("psycopg.errors")  # the postgres extra
+
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+    locked = sqlite3.OperationalError("database is locked")
+    locked.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
+    wrapped = OperationalError("INSERT ...", {}, full)
+    for err in (
+        full,
+        wrapped,
+        pg_errors.DiskFull("could not extend file"),
+        OSError(errno.ENOSPC, "full"),
+    ):
+        assert is_disk_full(err), err
+    for err in (locked, OperationalError("UPDATE ...", {}, locked), OSError(errno.EACCES, "denied")):
+        assert not is_disk_full(err), err
+    assert is_transient(wrapped)  # retried by the runner: the search waits for space, not fails

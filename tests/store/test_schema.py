@@ -175,3 +175,14 @@ def test_replicas_opening_a_new_store_at_once_all_start(tmp_path: Path) -> None:
     assert errors == []
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT id, version FROM promptclimb_schema").fetchall() == [(1, SCHEMA_VERSION)]
+
+
+def test_a_store_that_can_not_be_reached_stops_the_coordinator_with_its_url_password_hidden() -> None:
+    url = "postgresql+psycopg://promptclimb:s3cret-pw@127.0.0.1:1/searches"  # nothing listens on port 1
+    done = start_coordinator(url)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "cannot open the search store postgresql+psycopg://promptclimb:***@127.0.0.1:1/searches" in (
+        done.stderr
+    )
+    assert "s3cret-pw" not in done.stderr + done.stdout
