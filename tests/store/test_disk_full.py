@@ -1,19 +1,23 @@
 """The store's disk fills up mid-search: clear statuses, nothing lost, still SERVING, resumes.
 
-The full disk is injected at the store's writes: while it is "full", every INSERT, UPDATE and
-DELETE the coordinator's engine executes fails with the error SQLite gives on a full filesystem
-(``sqlite3.OperationalError: database or disk is full``, code SQLITE_FULL); reads go on, as they do
-on a full disk. (A real small tmpfs is not used: SQLite's WAL reuses blocks it already holds, so
-which write first meets the full disk would be left to chance.) Everything else is real: the
-coordinator in-process on its gRPC API, the runner, and the fake scorer and optimizer on loopback.
+Twice: on a real 16 MiB tmpfs of the test's own, filled to the last byte by a filler file and
+freed by deleting it (where the test may mount one: root with CAP_SYS_ADMIN; skipped elsewhere),
+and with the full disk injected at the store's writes, which runs anywhere: while "full", every
+INSERT, UPDATE and DELETE the coordinator's engine executes fails with the error SQLite gives on a
+full filesystem (``sqlite3.OperationalError: database or disk is full``, code SQLITE_FULL); reads
+go on, as they do on a full disk. Everything else is real: the coordinator in-process on its gRPC
+API, the runner, and the fake scorer and optimizer on loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import sqlite3
+import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,7 @@ from sqlalchemy import Engine, event
 from promptclimb.api.v1 import coordinator_pb2, coordinator_pb2_grpc
 from promptclimb.common.errors import retry_delay_of
 from services.coordinator.clients import GrpcProposer, GrpcScorer, RetryPolicy
-from services.coordinator.store import RUNNING, SUCCEEDED, SearchRecord, SearchStore
+from services.coordinator.store import RUNNING, SUCCEEDED, SearchRecord, SearchStore, is_disk_full
 from tests.coordinator.fakes import FakeOptimizer, FakeScorer, fake_accuracy, start_optimizer, start_scorer
 from tests.support.coordinator import coordinator_in_process
 
@@ -36,18 +40,41 @@ RETRY = RetryPolicy(max_attempts=3, backoff_seconds=0.02, max_backoff_seconds=0.
 ITERATIONS = 6
 
 
-class FullDisk:
-    """Makes ``engine``'s writes fail as SQLite's do on a full filesystem, while :attr:`full`."""
+class Disk:
+    """Where the store lives; fills and frees. Counts the store's writes that met it full."""
 
     def __init__(self, engine: Engine) -> None:
+        self.refused = 0  # the engine's errors that were a full disk, as the store sees them
+        event.listen(engine, "handle_error", self._count)
+
+    def _count(self, context: Any) -> None:
+        if is_disk_full(context.original_exception):
+            self.refused += 1
+
+    def fill(self) -> None:
+        raise NotImplementedError
+
+    def free(self) -> None:
+        raise NotImplementedError
+
+
+class InjectedFullDisk(Disk):
+    """While full, every INSERT/UPDATE/DELETE fails as SQLite's do on a full filesystem."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
         self.full = False
-        self.refused = 0  # writes that met the full disk
         event.listen(engine, "do_execute", self._execute)
         event.listen(engine, "do_executemany", self._execute)
 
+    def fill(self) -> None:
+        self.full = True
+
+    def free(self) -> None:
+        self.full = False
+
     def _execute(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
         if self.full and statement.lstrip().split(None, 1)[0].upper() in {"INSERT", "UPDATE", "DELETE"}:
-            self.refused += 1
             err = sqlite3.OperationalError("database or disk is full")
             err.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
             err.sqlite_errorname = "SQLITE_FULL"  # type: ignore[attr-defined]
@@ -55,10 +82,62 @@ class FullDisk:
         return False  # not handled: the statement runs as usual
 
 
+class TmpfsDisk(Disk):
+    """A real small tmpfs under the store, filled to the last byte by a filler file."""
+
+    def __init__(self, engine: Engine, db: Path) -> None:
+        super().__init__(engine)
+        self.db, self.filler = db, db.parent / "filler"
+
+    def fill(self) -> None:
+        # Empty the WAL first: SQLite rewrites a WAL it has checkpointed in the blocks it already
+        # holds, so only an empty one makes the very next commit need a block of the full disk.
+        with sqlite3.connect(self.db, timeout=10) as c:
+            deadline = time.monotonic() + 10
+            while c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] != 0:
+                assert time.monotonic() < deadline, "the WAL could not be checkpointed"
+                time.sleep(0.01)
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            for size in (1 << 20, 1 << 12, 1):  # down to the last byte
+                while True:
+                    try:
+                        os.write(fd, b"\0" * size)
+                    except OSError as err:
+                        if err.errno != errno.ENOSPC:
+                            raise
+                        break
+        finally:
+            os.close(fd)
+        assert os.statvfs(self.db.parent).f_bavail == 0
+
+    def free(self) -> None:
+        self.filler.unlink()
+
+
+@pytest.fixture(params=["injected", "tmpfs"])
+def store_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The folder the store lives in: plain, or a 16 MiB tmpfs of its own (skipped where not allowed)."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if request.param == "injected":
+        yield "injected", folder
+        return
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"can not mount a tmpfs here (root with CAP_SYS_ADMIN needed): {mount.stderr.strip()}")
+    try:
+        yield "tmpfs", folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
 @dataclass
 class Served:
     store: SearchStore
-    disk: FullDisk
+    disk: Disk
     scorer: FakeScorer
     search: coordinator_pb2_grpc.CoordinatorServiceStub
     health: health_pb2_grpc.HealthStub
@@ -81,15 +160,17 @@ class Served:
 
 
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[Served]:
+async def served(store_dir: tuple[str, Path]) -> AsyncIterator[Served]:
     scorer = FakeScorer(delay=0.05)  # a search of six iterations takes a couple of seconds
     scorer_server, scorer_port = await start_scorer(scorer)
     optimizer_server, optimizer_port = await start_optimizer(FakeOptimizer())
     grpc_scorer = GrpcScorer(f"127.0.0.1:{scorer_port}", chunk_size=2, deadline_seconds=10, retry=RETRY)
     proposer = GrpcProposer(f"127.0.0.1:{optimizer_port}", deadline_seconds=10, retry=RETRY)
     try:
-        async with coordinator_in_process(tmp_path / "s.db", grpc_scorer, proposer, lease_seconds=3) as c:
-            disk = FullDisk(c.store.engine)
+        kind, folder = store_dir
+        db = folder / "s.db"
+        async with coordinator_in_process(db, grpc_scorer, proposer, lease_seconds=3) as c:
+            disk = InjectedFullDisk(c.store.engine) if kind == "injected" else TmpfsDisk(c.store.engine, db)
             async with grpc.aio.insecure_channel(f"127.0.0.1:{c.port}") as channel:
                 yield Served(
                     c.store,
@@ -109,7 +190,7 @@ async def test_a_full_disk_pauses_the_search_answers_resource_exhausted_and_lose
     search_id = await served.start("before")
     await served.wait_for(search_id, lambda r: r.iteration >= 2)
 
-    served.disk.full = True
+    await asyncio.to_thread(served.disk.fill)
     # The running search meets the full disk at its next write.
     deadline = time.monotonic() + 30
     while served.disk.refused == 0:
@@ -137,7 +218,7 @@ async def test_a_full_disk_pauses_the_search_answers_resource_exhausted_and_lose
     assert during.state == RUNNING and during.iteration == before.iteration
     assert [t.template for t in during.history] == [t.template for t in before.history]
 
-    served.disk.full = False  # space is freed
+    served.disk.free()  # space is freed
     done = await served.wait_for(search_id, lambda r: r.done)
     assert done.state == SUCCEEDED, done.progress.end_reason
     assert [i.iteration for i in done.progress.iterations] == list(range(ITERATIONS + 1))
