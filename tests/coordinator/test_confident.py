@@ -212,6 +212,7 @@ def test_old_databases_gain_the_per_image_columns(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     SearchStore(str(path)).close()
     with sqlite3.connect(path) as c:  # a database made before the columns existed
+        c.execute("DROP TABLE promptclimb_schema")  # and so before the schema was versioned
         c.execute("ALTER TABLE scored_templates DROP COLUMN per_image_correct")
         c.execute("ALTER TABLE scored_templates DROP COLUMN per_image_loss")
     store = SearchStore(str(path))
