@@ -9,13 +9,17 @@ expiry is tested without waiting on real time.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import pytest
 
+from services.coordinator.clients import GrpcProposer, GrpcScorer
+from services.coordinator.runner import SearchRunner
 from services.coordinator.search import SearchConfig, SearchState
 from services.coordinator.store import SearchStore
+from tests.store.test_postgres import RETRY, Fakes, assert_complete, config, fakes, replica, wait_for  # noqa: F401
 from tests.support.clock import ManualClock
 
 pytestmark = pytest.mark.timeout(90)
@@ -91,3 +95,37 @@ def test_sqlite_leases_expire_by_the_injected_clock(tmp_path: Path) -> None:
     assert record.lease_expires == pytest.approx(clock() + 60)
     store.close()
     other.close()
+
+
+async def test_a_replica_a_minute_ahead_never_takes_over_a_running_search(
+    postgres_url: str,
+    fakes: Fakes,  # noqa: F811  # the fixture of test_postgres
+) -> None:
+    """Two coordinator replicas on PostgreSQL, one a minute ahead: the search stays with its owner."""
+    honest = replica(postgres_url, fakes, "replica-true", lease=3.0)
+    ahead_store = SearchStore(postgres_url, clock=lambda: time.time() + SKEW)
+    scorer = GrpcScorer(fakes.scorer_target, chunk_size=2, deadline_seconds=5, retry=RETRY)
+    proposer = GrpcProposer(fakes.optimizer_target, deadline_seconds=5, retry=RETRY)
+    ahead = SearchRunner(ahead_store, scorer, proposer, lease_seconds=3.0, owner="replica-ahead")
+    fakes.closers += [ahead_store.close, scorer.close, proposer.close, ahead.stop]
+    await honest.start()
+    iterations = 6
+    record, _ = await honest.submit(config("skewed", iterations=iterations), None)
+    await wait_for(honest.store.sync, record.id, lambda r: r.lease_owner == "replica-true")
+    await ahead.start()  # claims, every second, what its clock would call expired
+    owners: set[str] = set()
+    deadline = time.monotonic() + 60
+    while True:
+        seen = honest.store.sync.get(record.id)
+        assert seen is not None
+        if seen.lease_owner:
+            owners.add(seen.lease_owner)
+        if seen.done:
+            break
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    assert owners == {"replica-true"}
+    assert ahead.tasks == {}
+    done = honest.store.sync.get(record.id, with_history=True)
+    assert done is not None
+    assert_complete(done, fakes, iterations)  # every template scored once: never run twice
