@@ -26,6 +26,8 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -373,9 +375,15 @@ class ScorerClient:
         image_folder: str | None = None,
         array: str | None = None,
         coop: scorer_pb2.CoopSource | None = None,
+        wait: bool = True,
         timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline the scorer sees)
     ) -> scorer_pb2.Dataset:
-        """Register a dataset from exactly one source; returns it once its features are ready."""
+        """Register a dataset from exactly one source.
+
+        The scorer checks the source and answers at once, computing the image features in the
+        background; ``wait`` (the default) then polls ListDatasets until they are ready, within
+        ``timeout`` (TimeoutError past it; RuntimeError when computing them failed).
+        """
         given = [s for s in (image_folder, array, coop) if s is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of image_folder, array, coop")
@@ -386,8 +394,26 @@ class ScorerClient:
             request.array.path = array
         elif coop is not None:
             request.coop.CopyFrom(coop)
+        deadline = time.monotonic() + self._timeout(timeout)
         reply = await self.stub.RegisterDataset(request, timeout=self._timeout(timeout))
-        return reply.dataset
+        dataset = reply.dataset
+        delay = 0.05
+        while wait and not dataset.ready:
+            if dataset.error:
+                raise RuntimeError(f"dataset {id!r} failed on the scorer: {dataset.error}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(
+                    f"dataset {id!r} not ready within {self._timeout(timeout)} s "
+                    f"({dataset.images_done} of {dataset.images_total} images)"
+                )
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 1.0)
+            listed = {d.id: d for d in await self.list_datasets(timeout=max(left, 1.0))}
+            if id not in listed:
+                raise RuntimeError(f"dataset {id!r} is no longer registered on the scorer")
+            dataset = listed[id]
+        return dataset
 
     async def model_info(
         self,

@@ -117,9 +117,30 @@ def retry_delay_of(error: grpc.aio.AioRpcError) -> float | None:
     return None
 
 
+def resource_of(error: grpc.aio.AioRpcError) -> tuple[str, str] | None:
+    """The (type, name) of the ResourceInfo a server attached to ``error``, if any."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ResourceInfo.DESCRIPTOR):
+            info = error_details_pb2.ResourceInfo()
+            detail.Unpack(info)
+            return info.resource_type, info.resource_name
+    return None
+
+
 def code_name(code: grpc.StatusCode) -> str:
     """The canonical upper-case name of a status code, e.g. ``INVALID_ARGUMENT``."""
     return code.name
 
 
-__all__ = ["ServiceError", "abort", "code_name", "invalid_argument", "not_found", "retry_delay_of"]
+__all__ = [
+    "ServiceError",
+    "abort",
+    "code_name",
+    "invalid_argument",
+    "not_found",
+    "resource_of",
+    "retry_delay_of",
+]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import sqlite3
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from services.scorer.features import FeaturesSource
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+log = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
@@ -49,6 +52,11 @@ class Split:
     fingerprint: Callable[[FileDigests | None], str]
     # How its image features were obtained; None until they are.
     features_source: FeaturesSource | None = None
+    # Reads every image's header (raises OSError for a missing, unreadable or non-image file),
+    # so a registration is refused at once instead of failing minutes later mid-encoding.
+    check: Callable[[], None] | None = None
+    # Why its features could not be written to the feature cache (a full disk), if so.
+    cache_error: str | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -64,6 +72,19 @@ class FewShotSet:
     source: str
     ready: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    images_done: int = 0  # images of every split whose features are ready (progress)
+    error: str | None = None  # why computing its features failed (a re-registration retries)
+
+    @property
+    def images_total(self) -> int:
+        """Images over every split."""
+        return sum(len(s) for s in self.splits.values())
+
+    def check(self) -> None:
+        """Read every image's header: OSError for one that is missing, unreadable or no image."""
+        for split in self.splits.values():
+            if split.check is not None:
+                split.check()
 
 
 def display_name(folder: str) -> str:
@@ -86,27 +107,76 @@ class FileDigests:
     size and modification time are unchanged is taken to hold the same bytes, and only new or
     touched files are read. SQLite's locking lets replicas share the folder. Use as a context
     manager; new digests are written on exit.
+
+    The memo is only a shortcut: a file that is not a database, is damaged or holds another
+    table is logged and rebuilt empty; one that cannot be opened or written (locked for too
+    long, a full disk) is logged and skipped, and every digest is then read from the bytes.
     """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=30)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS digests"
-            " (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, digest BLOB)"
-        )
+        self.path = path
         self._new: list[tuple[str, int, int, bytes]] = []
         self.read = 0  # files whose bytes were read (memo misses)
+        self.rebuilt = False  # the file was damaged and started afresh
+        self._db: sqlite3.Connection | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = self._open()
+        except sqlite3.OperationalError as exc:  # locked, read-only, no space: work without it
+            self._skip(exc)
+        except sqlite3.DatabaseError as exc:  # not a database, malformed, another schema
+            log.warning(
+                "file-digest memo is damaged, rebuilding it", extra={"path": str(path), "error": str(exc)}
+            )
+            for suffix in ("", "-journal", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            self.rebuilt = True
+            try:
+                self._db = self._open()
+            except sqlite3.DatabaseError as again:
+                self._skip(again)
+        except OSError as exc:
+            self._skip(exc)
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS digests"
+                " (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, digest BLOB)"
+            )
+            check = db.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check[0] if check else 'no answer'}")
+            try:
+                db.execute("SELECT path, size, mtime_ns, digest FROM digests LIMIT 1").fetchall()
+            except sqlite3.OperationalError as exc:  # a table of that name with other columns
+                raise sqlite3.DatabaseError(f"foreign digests table: {exc}") from exc
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _skip(self, exc: Exception) -> None:
+        log.warning("file-digest memo not used", extra={"path": str(self.path), "error": str(exc)})
+        if self._db is not None:
+            self._db.close()
+        self._db = None
 
     def digest(self, file: Path) -> bytes:
         """The SHA-256 of ``file``'s bytes, from the memo when its size and mtime match."""
         key = os.path.abspath(file)  # not resolve(): a realpath per file costs more than the lookup
         st = os.stat(key)
-        row = self._db.execute(
-            "SELECT digest FROM digests WHERE path = ? AND size = ? AND mtime_ns = ?",
-            (key, st.st_size, st.st_mtime_ns),
-        ).fetchone()
-        if row is not None:
+        row = None
+        if self._db is not None:
+            try:
+                row = self._db.execute(
+                    "SELECT digest FROM digests WHERE path = ? AND size = ? AND mtime_ns = ?",
+                    (key, st.st_size, st.st_mtime_ns),
+                ).fetchone()
+            except sqlite3.DatabaseError as exc:  # damaged beyond what quick_check saw
+                self._skip(exc)
+        if row is not None and isinstance(row[0], bytes) and len(row[0]) == 32:
             return bytes(row[0])
         digest = hashlib.sha256(file.read_bytes()).digest()
         self.read += 1
@@ -117,9 +187,15 @@ class FileDigests:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?)", self._new)
-        self._db.close()
+        if self._db is None:
+            return
+        try:
+            with self._db:
+                self._db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?)", self._new)
+        except sqlite3.DatabaseError as err:  # a full disk: the digests are read again next time
+            log.warning("file digests not remembered", extra={"path": str(self.path), "error": str(err)})
+        finally:
+            self._db.close()
 
 
 def _files_split(name: str, files: Sequence[Path], labels: list[int], root: Path) -> Split:
@@ -133,7 +209,14 @@ def _files_split(name: str, files: Sequence[Path], labels: list[int], root: Path
             h.update(memo.digest(path) if memo else hashlib.sha256(path.read_bytes()).digest())
         return h.hexdigest()
 
-    return Split(name, labels, lambda i: _open_rgb(files[i]), fingerprint)
+    def check() -> None:
+        from PIL import Image
+
+        for path in files:
+            with Image.open(path):  # reads the header only: cheap, and no pixel is decoded
+                pass
+
+    return Split(name, labels, lambda i: _open_rgb(files[i]), fingerprint, check=check)
 
 
 def load_image_folder(dataset_id: str, root: Path) -> FewShotSet:

@@ -13,6 +13,7 @@ servicer maps to status codes.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,12 +28,14 @@ from services.scorer.datasets import DatasetSpec, FewShotSet, FileDigests, Split
 from services.scorer.errors import (
     BadRequest,
     DatasetConflict,
+    DatasetFailed,
+    DatasetNotReady,
     NotReady,
     TooManyDatasets,
     UnknownDataset,
     UnknownSplit,
 )
-from services.scorer.features import FeaturesSource, load_or_compute
+from services.scorer.features import FeatureCache, FeaturesSource, Stopped, load_or_compute
 from services.scorer.results import Evaluation, ModelInfo, TemplateResult
 from services.scorer.settings import ScorerSettings
 from services.scorer.templates import FilledTemplate, TemplateRejected, fill_all
@@ -67,6 +70,14 @@ class ScoringEngine:
         self.datasets: dict[str, FewShotSet] = {}
         self._features: dict[tuple[str, str], tuple[Any, Any]] = {}  # (id, split) -> (feats, labels)
         self._specs: dict[str, DatasetSpec] = {}
+        self.feature_cache = FeatureCache(Path(settings.cache_dir) if settings.cache_dir else None)
+        # True while the start-up datasets load: a request for one not registered yet is then
+        # UNAVAILABLE (retry), not NOT_FOUND.
+        self.starting = False
+        self._registry = threading.RLock()  # guards datasets, _specs and _features
+        self._encoding = threading.Lock()  # one dataset is encoded at a time; others queue
+        self._stop = threading.Event()
+        self._workers: list[threading.Thread] = []
         self.cache = TextEmbeddingCache(settings.text_cache_size)
         self.batcher: Batcher[_Job, Evaluation] = Batcher(
             self._compute,
@@ -102,41 +113,128 @@ class ScoringEngine:
         return info
 
     def register(self, spec: DatasetSpec) -> FewShotSet:
-        """Register a dataset and compute (or load cached) features of every split."""
+        """Register a dataset and compute (or load cached) features of every split, then return.
+
+        For the start-up datasets and tools; a failure leaves nothing registered.
+        """
+        dataset, fresh = self._admit(spec)
+        if fresh:
+            try:
+                self._prepare(dataset)
+            except BaseException:
+                self._forget(dataset)
+                raise
+        return dataset
+
+    def register_in_background(self, spec: DatasetSpec) -> FewShotSet:
+        """Check the source and register it now; its features are computed in a thread.
+
+        Returns the dataset at once (``ready`` False until its features are in memory; its
+        ``images_done`` tell the progress). A source that cannot be read is refused here, with
+        the same errors as :meth:`register`; a failure while encoding is kept in ``error``, and
+        registering the same source again retries.
+        """
+        dataset, fresh = self._admit(spec)
+        if fresh:
+            worker = threading.Thread(
+                target=self._prepare_logged, args=(dataset,), name=f"features-{dataset.id}", daemon=True
+            )
+            self._workers = [w for w in self._workers if w.is_alive()] + [worker]
+            worker.start()
+        return dataset
+
+    def _admit(self, spec: DatasetSpec) -> tuple[FewShotSet, bool]:
+        """The registered dataset of ``spec`` and whether it is new (its features still to do)."""
         if self.model is None:
             raise NotReady("the model is still loading")
-        known = self._specs.get(spec.id)
-        if known is not None:
-            if known == spec:
-                return self.datasets[spec.id]
-            raise DatasetConflict(f"dataset {spec.id!r} is already registered from another source")
-        if len(self._specs) >= self.settings.max_datasets:
-            raise TooManyDatasets(f"{len(self._specs)} datasets are registered, the limit (max_datasets)")
-        dataset = spec.load()
-        cache_dir = Path(self.settings.cache_dir) if self.settings.cache_dir else None
+
+        def known() -> FewShotSet | None:
+            spec_known = self._specs.get(spec.id)
+            if spec_known is None:
+                return None
+            if spec_known != spec:
+                raise DatasetConflict(f"dataset {spec.id!r} is already registered from another source")
+            dataset = self.datasets[spec.id]
+            if dataset.error is None:
+                return dataset
+            self._forget(dataset)  # it failed: read the source again and retry
+            return None
+
+        def room() -> None:
+            if len(self._specs) >= self.settings.max_datasets:
+                raise TooManyDatasets(f"{len(self._specs)} datasets are registered, the limit (max_datasets)")
+
+        with self._registry:
+            found = known()
+            if found is not None:
+                return found, False
+            room()
+        dataset = spec.load()  # outside the lock: it lists folders
+        dataset.check()  # every image's header: a missing or non-image file is refused now
+        with self._registry:
+            found = known()
+            if found is not None:
+                return found, False
+            room()
+            self._specs[spec.id] = spec
+            self.datasets[spec.id] = dataset
+        metrics.IMAGES_PENDING.inc(dataset.images_total)
+        return dataset, True
+
+    def _forget(self, dataset: FewShotSet) -> None:
+        with self._registry:
+            if self.datasets.get(dataset.id) is dataset:
+                del self.datasets[dataset.id]
+                self._specs.pop(dataset.id, None)
+        if dataset.error is None and not dataset.ready:
+            metrics.IMAGES_PENDING.dec(dataset.images_total - dataset.images_done)
+
+    def _progress(self, dataset: FewShotSet, done: int) -> None:
+        metrics.IMAGES_PENDING.dec(done - dataset.images_done)
+        dataset.images_done = done
+
+    def _prepare(self, dataset: FewShotSet) -> None:
+        """Compute (or load) the features of every split of ``dataset`` and mark it ready."""
         import torch
 
-        feats: dict[str, tuple[Any, Any]] = {}
-        sources: dict[str, FeaturesSource] = {}
-        for name, split in dataset.splits.items():
-            f, sources[name] = load_or_compute(
-                cache_dir,
-                self.model.fingerprint,
-                dataset.id,
-                split,
-                self.model.encode_images,
-                self.model.preprocess,
-                self.settings.image_batch_size,
-            )
-            labels = torch.tensor(split.labels, dtype=torch.long, device=self.model.device)
-            feats[name] = (f.to(self.model.device), labels)
-        for name, value in feats.items():
-            self._features[(dataset.id, name)] = value
-            dataset.splits[name].features_source = sources[name]
-        dataset.ready = True
-        self.datasets[dataset.id] = dataset
-        self._specs[spec.id] = spec
-        return dataset
+        assert self.model is not None
+        with self._encoding:
+            feats: dict[str, tuple[Any, Any]] = {}
+            before = 0
+            for name, split in dataset.splits.items():
+                got = load_or_compute(
+                    self.feature_cache,
+                    self.model.fingerprint,
+                    dataset.id,
+                    split,
+                    self.model.encode_images,
+                    self.model.preprocess,
+                    self.settings.image_batch_size,
+                    self.settings.feature_chunk_images,
+                    progress=lambda n, base=before: self._progress(dataset, base + n),  # type: ignore[misc]
+                    should_stop=self._stop.is_set,
+                )
+                labels = torch.tensor(split.labels, dtype=torch.long, device=self.model.device)
+                feats[name] = (got.features.to(self.model.device), labels)
+                split.features_source, split.cache_error = got.source, got.cache_error
+                before += len(split)
+        with self._registry:
+            for name, value in feats.items():
+                self._features[(dataset.id, name)] = value
+            dataset.ready = True
+
+    def _prepare_logged(self, dataset: FewShotSet) -> None:
+        """:meth:`_prepare` in a worker thread: a failure is kept on the dataset and logged."""
+        try:
+            self._prepare(dataset)
+            log.info("dataset ready", extra={"dataset": dataset.id, "splits": len(dataset.splits)})
+        except Stopped as exc:
+            log.info("dataset encoding stopped", extra={"dataset": dataset.id, "reason": str(exc)})
+        except Exception as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            log.exception("dataset features failed", extra={"dataset": dataset.id})
+            metrics.IMAGES_PENDING.dec(dataset.images_total - dataset.images_done)
+            dataset.error = f"computing the image features failed: {reason}"
 
     def register_features(
         self, dataset_id: str, class_names: Sequence[str], split: str, features: Any, labels: Any
@@ -203,11 +301,17 @@ class ScoringEngine:
         ensemble: bool,
         per_image: bool = False,
     ) -> Evaluation:
-        if not self.ready:
+        if self.model is None:
             raise NotReady("the scorer is still loading its model and image features")
         dataset = self.datasets.get(dataset_id)
         if dataset is None:
+            if self.starting:
+                raise NotReady("the scorer is still loading its start-up datasets")
             raise UnknownDataset(dataset_id)
+        if not dataset.ready:
+            if dataset.error is not None:
+                raise DatasetFailed(dataset_id, dataset.error)
+            raise DatasetNotReady(dataset_id, dataset.images_done, dataset.images_total)
         if split not in dataset.splits:
             raise UnknownSplit(dataset_id, split, sorted(dataset.splits))
         if not templates:
@@ -234,7 +338,8 @@ class ScoringEngine:
         return result
 
     async def close(self) -> None:
-        """Stop the batching worker; waiting requests fail with NotReady."""
+        """Stop the batching worker and feature encoding; waiting requests fail with NotReady."""
+        self._stop.set()  # workers end after their current chunk; what they wrote is kept
         await self.batcher.close(NotReady("the scorer is shutting down"))
 
     # -- the torch work (runs in a worker thread) --

@@ -13,6 +13,22 @@ class NotReady(ScorerError):
     """The model or the features are still loading (UNAVAILABLE)."""
 
 
+class DatasetNotReady(NotReady):
+    """A registered dataset's image features are still being computed (UNAVAILABLE, retry)."""
+
+    def __init__(self, dataset: str, done: int, total: int) -> None:
+        super().__init__(f"dataset {dataset!r} is not ready: image features {done} of {total} computed")
+        self.dataset, self.done, self.total = dataset, done, total
+
+
+class DatasetFailed(ScorerError):
+    """Computing a dataset's features failed (FAILED_PRECONDITION); registering it again retries."""
+
+    def __init__(self, dataset: str, reason: str) -> None:
+        super().__init__(f"dataset {dataset!r}: {reason}; register it again to retry")
+        self.dataset = dataset
+
+
 class UnknownDataset(ScorerError):
     """No dataset with that id (NOT_FOUND)."""
 

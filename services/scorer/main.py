@@ -60,10 +60,12 @@ async def serve(settings: ScorerSettings, failed: list[BaseException] | None = N
     async def load() -> None:
         try:
             specs = [parse_dataset_spec(s) for s in settings.datasets]
+            engine.starting = True  # until every start-up dataset is in: health stays NOT_SERVING
             await asyncio.to_thread(engine.load_model)
             for spec in specs:
                 dataset = await asyncio.to_thread(engine.register, spec)
                 log.info("dataset ready", extra={"dataset": dataset.id, "splits": len(dataset.splits)})
+            engine.starting = False
         except Exception as exc:
             log.exception("scorer failed to load")
             print(f"promptclimb scorer: failed to load: {exc}", file=sys.stderr, flush=True)

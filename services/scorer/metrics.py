@@ -37,6 +37,26 @@ _CACHE_MISSES = Counter("promptclimb_scorer_text_cache_misses", "Text-embedding 
 _REJECTED = Counter(
     "promptclimb_scorer_requests_rejected", "Requests refused before compute.", ["model", "reason"]
 )
+_IMAGES_ENCODED = Counter(
+    "promptclimb_scorer_images_encoded",
+    "Images encoded by the image tower (not read from the cache).",
+    ["model"],
+)
+_IMAGES_PENDING = Gauge(
+    "promptclimb_scorer_images_pending",
+    "Images of registered datasets whose features are not computed yet.",
+    ["model"],
+)
+_FEATURE_CACHE_REJECTED = Counter(
+    "promptclimb_scorer_feature_cache_rejected",
+    "Feature-cache files that failed verification and were recomputed.",
+    ["model", "reason"],
+)
+_FEATURE_CACHE_WRITE_ERRORS = Counter(
+    "promptclimb_scorer_feature_cache_write_errors",
+    "Feature-cache writes that failed (the features are used from memory).",
+    ["model", "reason"],
+)
 _MODEL_READY = Gauge(
     "promptclimb_scorer_model_ready", "1 once the model and dataset features are loaded.", ["model"]
 )
@@ -67,16 +87,31 @@ TEMPLATES: Counter
 CACHE_HITS: Counter
 CACHE_MISSES: Counter
 MODEL_READY: Gauge
+IMAGES_ENCODED: Counter
+IMAGES_PENDING: Gauge
 REJECTED: _Bound
 MODEL_INFO: _Bound
+FEATURE_CACHE_REJECTED: _Bound
+FEATURE_CACHE_WRITE_ERRORS: _Bound
 
 
 def bind_model(model_id: str) -> None:
     """Make every metric of this module carry ``model=model_id`` (called once the id is known)."""
     global MODEL_ID, QUEUE_DEPTH, BATCH_SIZE, QUEUE_WAIT, COMPUTE, TEMPLATES, CACHE_HITS, CACHE_MISSES
-    global MODEL_READY, REJECTED, MODEL_INFO
+    global MODEL_READY, REJECTED, MODEL_INFO, IMAGES_ENCODED, IMAGES_PENDING
+    global FEATURE_CACHE_REJECTED, FEATURE_CACHE_WRITE_ERRORS
     if MODEL_ID and MODEL_ID != model_id:  # drop the old id's series: one series per served id
-        single = (_QUEUE_DEPTH, _BATCH_SIZE, _QUEUE_WAIT, _COMPUTE, _TEMPLATES, _CACHE_HITS, _CACHE_MISSES)
+        single = (
+            _QUEUE_DEPTH,
+            _BATCH_SIZE,
+            _QUEUE_WAIT,
+            _COMPUTE,
+            _TEMPLATES,
+            _CACHE_HITS,
+            _CACHE_MISSES,
+            _IMAGES_ENCODED,
+            _IMAGES_PENDING,
+        )
         for metric in single:
             try:
                 metric.remove(MODEL_ID)
@@ -95,7 +130,11 @@ def bind_model(model_id: str) -> None:
     CACHE_HITS = _CACHE_HITS.labels(model_id)
     CACHE_MISSES = _CACHE_MISSES.labels(model_id)
     MODEL_READY = _MODEL_READY.labels(model_id)
+    IMAGES_ENCODED = _IMAGES_ENCODED.labels(model_id)
+    IMAGES_PENDING = _IMAGES_PENDING.labels(model_id)
     REJECTED = _Bound(_REJECTED, model_id)
+    FEATURE_CACHE_REJECTED = _Bound(_FEATURE_CACHE_REJECTED, model_id)
+    FEATURE_CACHE_WRITE_ERRORS = _Bound(_FEATURE_CACHE_WRITE_ERRORS, model_id)
     MODEL_INFO = _Bound(_MODEL_INFO, model_id)
 
 

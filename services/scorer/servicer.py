@@ -16,6 +16,8 @@ from services.scorer.engine import ScoringEngine
 from services.scorer.errors import (
     BadRequest,
     DatasetConflict,
+    DatasetFailed,
+    DatasetNotReady,
     NotReady,
     QueueFull,
     ScorerError,
@@ -41,8 +43,14 @@ T = TypeVar("T")
 
 def to_service_error(exc: Exception) -> ServiceError:
     """The status a domain error is reported with."""
+    if isinstance(exc, DatasetNotReady):  # ResourceInfo tells a caller to wait for this dataset
+        return ServiceError(
+            grpc.StatusCode.UNAVAILABLE, str(exc), retry_after_seconds=2.0, resource=("dataset", exc.dataset)
+        )
     if isinstance(exc, NotReady):
         return ServiceError(grpc.StatusCode.UNAVAILABLE, str(exc), retry_after_seconds=1.0)
+    if isinstance(exc, DatasetFailed):
+        return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, str(exc), resource=("dataset", exc.dataset))
     if isinstance(exc, UnknownDataset):
         return not_found("dataset", exc.dataset)
     if isinstance(exc, UnknownSplit):
@@ -88,12 +96,18 @@ def dataset_message(d: FewShotSet) -> scorer_pb2.Dataset:
         class_names=d.class_names,
         splits=[
             scorer_pb2.SplitInfo(
-                name=n, num_images=len(s), features_source=_FEATURES_SOURCE[s.features_source]
+                name=n,
+                num_images=len(s),
+                features_source=_FEATURES_SOURCE[s.features_source],
+                cache_error=s.cache_error or "",
             )
             for n, s in sorted(d.splits.items())
         ],
         source=d.source,
         ready=d.ready,
+        images_done=d.images_done if not d.ready else d.images_total,
+        images_total=d.images_total,
+        error=d.error or "",
     )
 
 
@@ -193,13 +207,13 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     async def RegisterDataset(
         self, request: scorer_pb2.RegisterDatasetRequest, context: grpc.aio.ServicerContext
     ) -> scorer_pb2.RegisterDatasetResponse:
-        """Register a dataset; features are computed in a thread so other calls go on."""
+        """Register a dataset: the source is checked now, its features computed in the background."""
 
         async def work() -> FewShotSet:
             spec = spec_of(request)
             check_register_roots(spec, self.engine.settings.register_roots)
             try:
-                return await asyncio.to_thread(self.engine.register, spec)
+                return await asyncio.to_thread(self.engine.register_in_background, spec)
             except (DatasetError, ScorerError):
                 raise
             except (OSError, ValueError) as exc:

@@ -62,6 +62,12 @@ class ScorerSettings(ServerSettings):
         None, gt=0, description="texts per text-tower forward; unset = 512 on CPU, 2048 on an accelerator"
     )
     image_batch_size: int = Field(64, gt=0, description="images per image-tower forward")
+    feature_chunk_images: int = Field(
+        1024,
+        gt=0,
+        description="images per feature-cache chunk written while a split is encoded "
+        "(a restarted scorer resumes from the last chunk written)",
+    )
     text_cache_size: int = Field(100_000, ge=0, description="text embeddings kept in the LRU cache")
     text_truncation: Literal["auto", "off"] = Field(
         "auto", description="auto = cut padding after end-of-text where exact; off = full context"

@@ -77,7 +77,7 @@ def pct(x: float) -> str:
 
 
 def feature_files(state: Path) -> dict[Path, int]:
-    return {p: p.stat().st_mtime_ns for p in (state / "features").rglob("*.pt")}
+    return {p: p.stat().st_mtime_ns for p in (state / "features").rglob("*.safetensors")}
 
 
 def test_demo_prints_the_table_of_its_export_and_reuses_features(tmp_path: Path) -> None:

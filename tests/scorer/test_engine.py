@@ -170,7 +170,7 @@ def test_image_features_are_cached_across_restarts(
 ) -> None:
     caplog.set_level(logging.INFO, logger="services.scorer.features")
     make_engine(tiny_model, images, tmp_path)
-    files = sorted((tmp_path / "features").glob("*.pt"))
+    files = sorted((tmp_path / "features").glob("*.safetensors"))
     assert len(files) == 2  # train and test
     mtimes = [os.stat(f).st_mtime_ns for f in files]
     assert [r.msg for r in caplog.records].count("image features computed") == 2

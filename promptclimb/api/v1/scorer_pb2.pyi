@@ -97,28 +97,36 @@ class ListDatasetsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SplitInfo(_message.Message):
-    __slots__ = ("name", "num_images", "features_source")
+    __slots__ = ("name", "num_images", "features_source", "cache_error")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
     FEATURES_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CACHE_ERROR_FIELD_NUMBER: _ClassVar[int]
     name: str
     num_images: int
     features_source: FeaturesSource
-    def __init__(self, name: _Optional[str] = ..., num_images: _Optional[int] = ..., features_source: _Optional[_Union[FeaturesSource, str]] = ...) -> None: ...
+    cache_error: str
+    def __init__(self, name: _Optional[str] = ..., num_images: _Optional[int] = ..., features_source: _Optional[_Union[FeaturesSource, str]] = ..., cache_error: _Optional[str] = ...) -> None: ...
 
 class Dataset(_message.Message):
-    __slots__ = ("id", "class_names", "splits", "source", "ready")
+    __slots__ = ("id", "class_names", "splits", "source", "ready", "images_done", "images_total", "error")
     ID_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     SPLITS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_DONE_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     id: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
     splits: _containers.RepeatedCompositeFieldContainer[SplitInfo]
     source: str
     ready: bool
-    def __init__(self, id: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., splits: _Optional[_Iterable[_Union[SplitInfo, _Mapping]]] = ..., source: _Optional[str] = ..., ready: _Optional[bool] = ...) -> None: ...
+    images_done: int
+    images_total: int
+    error: str
+    def __init__(self, id: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., splits: _Optional[_Iterable[_Union[SplitInfo, _Mapping]]] = ..., source: _Optional[str] = ..., ready: _Optional[bool] = ..., images_done: _Optional[int] = ..., images_total: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ListDatasetsResponse(_message.Message):
     __slots__ = ("datasets",)

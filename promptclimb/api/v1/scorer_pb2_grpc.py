@@ -88,7 +88,9 @@ class ScorerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RegisterDataset(self, request, context):
-        """Registers a dataset and computes (or loads cached) image features for its splits.
+        """Registers a dataset: checks its source (errors at once), then computes (or loads cached)
+        image features for its splits in the background and returns without waiting (ready = false);
+        ListDatasets shows the progress, EvaluatePrompts answers UNAVAILABLE until it is ready.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
