@@ -3,7 +3,9 @@
 One aio channel per target (``round_robin`` over a comma list or a ``dns:///`` name, so several
 scorers share the load); templates go out in chunks, concurrently under a semaphore; every call
 has a deadline; UNAVAILABLE and RESOURCE_EXHAUSTED are retried with backoff (honouring the
-server's RetryInfo), every other code fails the step at once.
+server's RetryInfo), every other code fails the step at once. A scorer still computing a
+dataset's image features (UNAVAILABLE with a ResourceInfo naming the dataset) is waited for,
+up to ``RetryPolicy.ready_wait_seconds``, however many attempts that takes.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -19,7 +22,7 @@ import grpc
 
 from promptclimb.api.v1 import common_pb2, optimizer_pb2, optimizer_pb2_grpc, scorer_pb2, scorer_pb2_grpc
 from promptclimb.common.channels import ClientTLS, open_channel
-from promptclimb.common.errors import retry_delay_of
+from promptclimb.common.errors import resource_of, retry_delay_of
 from services.coordinator import metrics
 from services.coordinator.convert import STRATEGY_TO_PROTO, scored_to_proto
 from services.coordinator.search import Proposal, ProposalRequest, Score, SearchFailed
@@ -43,33 +46,56 @@ class RetryPolicy:
     max_attempts: int = 6
     backoff_seconds: float = 0.2
     max_backoff_seconds: float = 5.0
+    # How long a dataset whose features the scorer is still computing is waited for (its
+    # answers then count no attempt): registering ImageNet's test set takes minutes on a GPU.
+    ready_wait_seconds: float = 3600.0
 
     async def call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` with retries; a final failure becomes :class:`SearchFailed`."""
         delay = self.backoff_seconds
-        for attempt in range(1, self.max_attempts + 1):
+        attempt = 0
+        waiting_since: float | None = None
+        while True:
             try:
                 return await fn()
             except grpc.aio.AioRpcError as err:
                 code = err.code()
-                if code not in RETRYABLE or attempt == self.max_attempts:
-                    raise SearchFailed(code.name, f"{what}: {code.name}: {err.details()}") from err
+                if dataset_not_ready(err):
+                    waiting_since = waiting_since or time.monotonic()
+                    if time.monotonic() - waiting_since >= self.ready_wait_seconds:
+                        raise SearchFailed(
+                            code.name,
+                            f"{what}: dataset still not ready after {self.ready_wait_seconds:g} s: "
+                            f"{err.details()}",
+                        ) from err
+                else:
+                    attempt += 1
+                    if code not in RETRYABLE or attempt >= self.max_attempts:
+                        raise SearchFailed(code.name, f"{what}: {code.name}: {err.details()}") from err
                 if what.startswith("scorer"):
                     metrics.SCORER_RETRIES.labels(code.name).inc()
                 hinted = retry_delay_of(err)
                 wait = hinted if hinted is not None else delay * (0.5 + random.random())  # jitter
                 log.warning(
-                    "retrying",
+                    "waiting for the dataset's features" if waiting_since is not None else "retrying",
                     extra={
                         "call": what,
                         "code": code.name,
                         "attempt": attempt,
                         "delay_seconds": round(wait, 3),
+                        "detail": err.details(),
                     },
                 )
                 await asyncio.sleep(min(wait, self.max_backoff_seconds * 4))
                 delay = min(delay * 2, self.max_backoff_seconds)
-        raise AssertionError("unreachable")
+
+
+def dataset_not_ready(err: grpc.aio.AioRpcError) -> bool:
+    """Whether the scorer answered that a dataset's features are still being computed."""
+    if err.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    resource = resource_of(err)
+    return resource is not None and resource[0] == "dataset"
 
 
 class GrpcScorer:
@@ -105,7 +131,9 @@ class GrpcScorer:
         )
         for d in reply.datasets:
             if d.id == dataset:
-                return list(d.class_names)
+                if d.error:  # its features failed: waiting would not help
+                    raise SearchFailed("FAILED_PRECONDITION", f"dataset {dataset!r} on the scorer: {d.error}")
+                return list(d.class_names)  # known at once; scoring waits until it is ready
         known = ", ".join(sorted(d.id for d in reply.datasets)) or "none"
         raise SearchFailed(
             "NOT_FOUND", f"dataset {dataset!r} is not registered on the scorer (known: {known})"
