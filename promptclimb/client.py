@@ -82,11 +82,18 @@ def make_spec(
     objective_weight: float | None = None,
     mix: list[str] | None = None,
     mix_mode: str | None = None,
+    model: str = "",
+    transfer_models: list[str] | None = None,
+    objective_models: list[str] | None = None,
+    objective_aggregate: str | None = None,
 ) -> coordinator_pb2.SearchSpec:
     """A ``SearchSpec`` from keyword arguments; 0 / empty leave the server's default.
 
     ``mix``: strategy names that propose together (empty = just ``strategy``); ``mix_mode``:
     ``"split"`` (the default: each its share of every iteration) or ``"bandit"`` (one per iteration).
+    ``model``: the scorer model to search on (a ListModels id; "" = the coordinator's default);
+    ``transfer_models``: the found prompts also scored on these; ``objective_models``: selection
+    scores aggregated over ``model`` and these by ``objective_aggregate`` (``"mean"`` or ``"min"``).
     """
     spec = coordinator_pb2.SearchSpec(
         dataset=dataset,
@@ -108,6 +115,14 @@ def make_spec(
         objective_weight=objective_weight,
         mix=[STRATEGIES[s] for s in mix or ()],
         mix_mode=coordinator_pb2.MixMode.Value(f"MIX_MODE_{mix_mode.upper()}") if mix_mode else None,
+        model=model,
+        transfer_models=list(transfer_models or ()),
+        objective_models=list(objective_models or ()),
+        objective_aggregate=coordinator_pb2.ObjectiveAggregate.Value(
+            f"OBJECTIVE_AGGREGATE_{objective_aggregate.upper()}"
+        )
+        if objective_aggregate
+        else None,
         budget=coordinator_pb2.Budget(
             max_llm_calls=max_llm_calls,
             max_tokens=max_tokens,
@@ -255,6 +270,13 @@ class CoordinatorClient:
             name=name, spec=spec, update_mask=field_mask_pb2.FieldMask(paths=paths)
         )
         return await self.stub.ReplaySearch(request, timeout=self.timeout, metadata=self._metadata)
+
+    async def models(self) -> list[coordinator_pb2.ServedModel]:
+        """The scorer models of the coordinator (ListModels)."""
+        reply = await self.stub.ListModels(
+            coordinator_pb2.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata
+        )
+        return list(reply.models)
 
     async def list(self, *, state: str | None = None, page_size: int = 50) -> list[coordinator_pb2.Search]:
         """Every search (newest first, BASIC view), following pages; ``state`` e.g. ``"running"``."""

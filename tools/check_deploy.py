@@ -3,17 +3,21 @@
 
     tools/check_deploy.py                 # every check; exit status 1 when any fails
     tools/check_deploy.py --only dashboard --only hadolint
-    tools/check_deploy.py --write         # refresh the plain rules file extracted from the PrometheusRule
+    tools/check_deploy.py --write         # refresh the generated files: the plain rules file extracted
+                                          # from the PrometheusRule, the per-model scorer component
     tools/check_deploy.py --root /tmp/copy   # check another tree laid out like this repository
 
 Checks: every kustomization renders with ``kubectl kustomize``; the rendered core objects pass
 ``kubernetes-validate --strict``; ServiceMonitor/PrometheusRule objects match the CRD schemas in
 ``deploy/monitoring/schemas``; every Deployment meets the project's pod policy (restricted
 security context, native gRPC probes, termination grace longer than the server's); the plain rules
-file is in sync with the PrometheusRule; ``promtool check rules``/``check config``/``test rules``
-pass and every alert has a unit test; every dashboard query parses (``promtool check rules``);
-``hadolint`` passes the Dockerfiles. ``promtool`` is looked up on PATH, then in
-``.cache/prometheus`` (``tools/install_prometheus.sh`` puts it there).
+file is in sync with the PrometheusRule; the per-model scorer component
+(``deploy/k8s/components/models``) is generated from its models.yaml and every overlay using it
+serves each model behind its own headless Service, named in the coordinator's scorer map;
+``promtool check rules``/``check config``/``test rules`` pass and every alert has a unit test;
+every dashboard query parses (``promtool check rules``); ``hadolint`` passes the Dockerfiles.
+``promtool`` is looked up on PATH, then in ``.cache/prometheus`` (``tools/install_prometheus.sh``
+puts it there).
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ from typing import Any
 import jsonschema
 import yaml
 
+TOOLS = Path(__file__).resolve().parent
+if str(TOOLS) not in sys.path:  # tools/ is not a package: models_component imports the same way
+    sys.path.insert(0, str(TOOLS))  # when this file runs as a script and when a test loads it by path
 KUBERNETES_VERSION = "1.32.0"  # oldest release we support: native gRPC probes GA, preStop sleep on
 RULES_HEADER = (
     "# Generated from deploy/monitoring/prometheusrule.yaml by tools/check_deploy.py --write; do not edit.\n"
@@ -66,6 +73,14 @@ class Layout:
     def kustomizations(self) -> list[Path]:
         """Everything that must render: the base, each overlay, the monitoring bundle."""
         return [self.deploy / "k8s" / "base", *self.overlays, self.deploy / "monitoring"]
+
+    @property
+    def models_component(self) -> Path:
+        return self.deploy / "k8s" / "components" / "models"
+
+    @property
+    def base_scorer(self) -> Path:
+        return self.deploy / "k8s" / "base" / "scorer"
 
     @property
     def prometheus_rule(self) -> Path:
@@ -120,18 +135,37 @@ def rules_of(plain_rules: Path) -> list[dict[str, Any]]:
 
 
 def dashboard_queries(dashboard: Path) -> list[tuple[str, str]]:
-    """(panel title, PromQL) of every query target in a Grafana dashboard, rows included."""
+    """(where, PromQL) of every query of a Grafana dashboard.
+
+    ``where`` is the panel title for a panel's targets (rows included), ``annotation NAME`` for an
+    annotation query, ``variable NAME`` for a query variable: the selector of its
+    ``label_values(SELECTOR, label)`` or the expression of its ``query_result(EXPR)``.
+    """
 
     def panels(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for panel in items:
             yield panel
             yield from panels(panel.get("panels", []))
 
+    board = json.loads(dashboard.read_text())
     found = []
-    for panel in panels(json.loads(dashboard.read_text()).get("panels", [])):
+    for panel in panels(board.get("panels", [])):
         for target in panel.get("targets", []):
             if target.get("expr"):
                 found.append((panel.get("title", ""), target["expr"]))
+    for annotation in board.get("annotations", {}).get("list", []):
+        if annotation.get("expr"):
+            found.append((f"annotation {annotation.get('name', '')}", annotation["expr"]))
+    for variable in board.get("templating", {}).get("list", []):
+        if variable.get("type") != "query":
+            continue
+        query = variable.get("query")
+        text = str(query.get("query", "") if isinstance(query, dict) else query or "").strip()
+        selector = re.fullmatch(r"label_values\((.+),\s*[A-Za-z_][A-Za-z0-9_]*\s*\)", text, flags=re.S)
+        result = re.fullmatch(r"query_result\((.+)\)", text, flags=re.S)
+        expr = selector.group(1) if selector else result.group(1) if result else text
+        if expr and not re.fullmatch(r"label_values\(\s*[A-Za-z_][A-Za-z0-9_]*\s*\)", expr):
+            found.append((f"variable {variable.get('name', '')}", expr))
     return found
 
 
@@ -380,6 +414,36 @@ def check_pod_policy(ctx: Context) -> list[str]:
     return problems
 
 
+def check_models(ctx: Context) -> list[str]:
+    """The per-model component is generated from models.yaml, and overlays using it serve every model."""
+    from models_component import rendered_problems, stale_files
+
+    layout = ctx.layout
+    try:
+        stale = stale_files(layout.models_component, layout.base_scorer)
+    except (ValueError, OSError) as exc:
+        return [str(exc)]
+    problems = [
+        f"{ctx.rel(layout.models_component / name)} is out of date with models.yaml or the base scorer: "
+        "run tools/check_deploy.py --write"
+        for name in stale
+    ]
+    users = [
+        o
+        for o in layout.overlays
+        if "components/models"
+        in str(yaml.safe_load((o / "kustomization.yaml").read_text()).get("components"))
+    ]
+    if not users:
+        problems.append("no overlay uses deploy/k8s/components/models")
+    for overlay in users:
+        problems += [
+            f"{ctx.rel(overlay)}: {p}"
+            for p in rendered_problems(ctx.render(overlay), layout.models_component)
+        ]
+    return problems
+
+
 def check_rules_sync(ctx: Context) -> list[str]:
     """The plain rules file equals the PrometheusRule's spec (``--write`` refreshes it)."""
     expected = plain_rules_text(ctx.layout.prometheus_rule)
@@ -480,6 +544,7 @@ CHECKS: dict[str, Callable[[Context], list[str]]] = {
     "k8s-schema": check_k8s_schema,
     "crd-schema": check_crd_schema,
     "pod-policy": check_pod_policy,
+    "models": check_models,
     "rules-sync": check_rules_sync,
     "promtool-rules": check_promtool_rules,
     "promtool-tests": check_promtool_tests,
@@ -507,7 +572,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ctx = Context(Layout(args.root.resolve()), kubernetes_version=args.kubernetes_version)
     if args.write:
+        from models_component import write_component
+
         ctx.layout.plain_rules.write_text(plain_rules_text(ctx.layout.prometheus_rule))
+        write_component(ctx.layout.models_component, ctx.layout.base_scorer)
     failed = []
     for name in args.only or list(CHECKS):
         try:

@@ -89,6 +89,31 @@ def add_parsers(commands: Any, services: Any) -> None:
     start.add_argument(
         "--objective-weight", type=float, help="blended: accuracy - WEIGHT x cross-entropy (default 0.05)"
     )
+    models = start.add_argument_group("models (promptclimb models list)")
+    models.add_argument("--model", default="", help="scorer model to search on (default: the coordinator's)")
+
+    def model_list(text: str) -> list[str]:
+        return [m.strip() for m in text.split(",") if m.strip()]
+
+    models.add_argument(
+        "--transfer-models",
+        type=model_list,
+        default=[],
+        metavar="A,B",
+        help="also score the found prompts on these models' evaluation split",
+    )
+    models.add_argument(
+        "--objective-models",
+        type=model_list,
+        default=[],
+        metavar="A,B",
+        help="rank candidates by their selection scores on --model and these models",
+    )
+    models.add_argument(
+        "--objective-aggregate",
+        choices=["mean", "min"],
+        help="how --objective-models' scores combine (default mean)",
+    )
     start.add_argument("--name", dest="display_name", default="")
     start.add_argument("--request-id", help="idempotency key (a retried start returns the same search)")
     start.add_argument("--wait", action="store_true", help="follow the search with a progress bar")
@@ -132,6 +157,13 @@ def add_parsers(commands: Any, services: Any) -> None:
     ls.add_argument("--state", choices=[s.value.lower() for s in LifecycleState])
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=_search_list)
+
+    models_cmd = commands.add_parser("models", help="the scorer models a coordinator reaches")
+    models_sub = models_cmd.add_subparsers(dest="models_command", required=True)
+    mls = models_sub.add_parser("list", help="each model: id, target, ready, datasets")
+    _target(mls)
+    mls.add_argument("--json", action="store_true")
+    mls.set_defaults(func=_models_list)
 
     ev = commands.add_parser("eval", help="score templates directly against a scorer")
     ev.add_argument("--scorer", default="127.0.0.1:50051", help="scorer target")
@@ -191,6 +223,10 @@ def _search_start(args: argparse.Namespace) -> int:
         mix=args.mix,
         mix_mode=args.mix_mode,
         display_name=args.display_name,
+        model=args.model,
+        transfer_models=args.transfer_models,
+        objective_models=args.objective_models,
+        objective_aggregate=args.objective_aggregate,
     )
 
     async def run() -> int:
@@ -379,6 +415,11 @@ def _show(s: Any, args: argparse.Namespace) -> None:
             )
         if s.result.tied_templates or s.spec.objective == coordinator_pb2.OBJECTIVE_CONFIDENT:
             print(f"statistically tied with the best ({sel}): {len(s.result.tied_templates)} templates")
+        for t in s.result.transfer:
+            print(
+                f"on model {t.model} ({ev}): best {t.best_evaluation_accuracy:.4f}, ensemble "
+                f"{t.ensemble_evaluation_accuracy:.4f}, plain {t.plain_evaluation_accuracy:.4f}"
+            )
     u = s.usage
     print(
         f"usage: {u.llm_calls} LLM calls, {u.prompt_tokens + u.completion_tokens} tokens, "
@@ -408,6 +449,33 @@ def _rpc(run: Any) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+# ---- models --------------------------------------------------------------------------------------
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        from google.protobuf.json_format import MessageToDict
+
+        from promptclimb.client import CoordinatorClient
+
+        async with CoordinatorClient(args.coordinator) as client:
+            models = await client.models()
+        if args.json:
+            print(
+                json.dumps(
+                    [MessageToDict(m, always_print_fields_with_no_presence=True) for m in models], indent=2
+                )
+            )
+            return 0
+        for m in models:
+            state = "ready" if m.ready else f"NOT READY ({m.reason})"
+            mark = " (default)" if m.default else ""
+            print(f"{m.id or '?'}{mark}  {m.target}  {state}  datasets: {', '.join(m.datasets) or '-'}")
+        return 0 if models and all(m.ready for m in models) else 1
+
+    return _rpc(run)
 
 
 # ---- eval --------------------------------------------------------------------------------------

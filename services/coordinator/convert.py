@@ -30,11 +30,13 @@ from services.coordinator.pools import NAMED_POOLS
 from services.coordinator.search import (
     DEFAULT_OBJECTIVE_WEIGHT,
     NO_LLM_STRATEGIES,
+    Aggregate,
     Budget,
     MixMode,
     ScoredTemplate,
     SearchConfig,
 )
+from services.coordinator.settings import MODEL_ID
 from services.coordinator.store import SearchRecord
 
 __all__ = ["EVENT_TO_PROTO", "STATE_FROM_PROTO", "STRATEGY_TO_PROTO", "SearchEvent"]
@@ -44,6 +46,15 @@ MIX_MODE_TO_PROTO: dict[MixMode, coordinator_pb2.MixMode] = {
     m: cast(coordinator_pb2.MixMode, coordinator_pb2.MixMode.Value(f"MIX_MODE_{m.name}")) for m in MixMode
 }
 MIX_MODE_FROM_PROTO: dict[int, MixMode] = {v: k for k, v in MIX_MODE_TO_PROTO.items()}
+AGGREGATE_TO_PROTO: dict[Aggregate, coordinator_pb2.ObjectiveAggregate] = {
+    a: cast(
+        coordinator_pb2.ObjectiveAggregate,
+        coordinator_pb2.ObjectiveAggregate.Value(f"OBJECTIVE_AGGREGATE_{a.name}"),
+    )
+    for a in Aggregate
+}
+AGGREGATE_FROM_PROTO: dict[int, Aggregate] = {v: k for k, v in AGGREGATE_TO_PROTO.items()}
+MAX_MODELS = 16  # models one search may name (transfer or objective)
 
 
 def _rule_violations(spec: coordinator_pb2.SearchSpec, names: set[str]) -> list[tuple[str, str]]:
@@ -113,6 +124,7 @@ def config_from_spec(spec: coordinator_pb2.SearchSpec) -> SearchConfig:
         bad.append(("spec.mix", "names a strategy more than once"))
     if spec.mix_mode != coordinator_pb2.MIX_MODE_UNSPECIFIED and spec.mix_mode not in MIX_MODE_FROM_PROTO:
         bad.append(("spec.mix_mode", "unknown mix mode"))
+    bad.extend(_model_violations(spec))
     if spec.mix_mode == coordinator_pb2.MIX_MODE_BANDIT and len(spec.mix) < 2:
         bad.append(("spec.mix", "the bandit chooses among the strategies of the mix: give at least two"))
     b = spec.budget
@@ -189,7 +201,35 @@ def config_from_spec(spec: coordinator_pb2.SearchSpec) -> SearchConfig:
         else DEFAULT_OBJECTIVE_WEIGHT,
         mix=tuple(STRATEGY_FROM_PROTO[s] for s in spec.mix),
         mix_mode=MIX_MODE_FROM_PROTO.get(spec.mix_mode, MixMode.SPLIT),
+        model=spec.model,
+        transfer_models=tuple(spec.transfer_models),
+        objective_models=tuple(spec.objective_models),
+        objective_aggregate=AGGREGATE_FROM_PROTO.get(spec.objective_aggregate, Aggregate.MEAN),
     )
+
+
+def _model_violations(spec: coordinator_pb2.SearchSpec) -> list[tuple[str, str]]:
+    """Model ids well formed, listed once, few enough (whether they are served: the servicer)."""
+    bad: list[tuple[str, str]] = []
+    if spec.model and not MODEL_ID.fullmatch(spec.model):
+        bad.append(("spec.model", f"a model id matches {MODEL_ID.pattern}"))
+    for name in ("transfer_models", "objective_models"):
+        ids = list(getattr(spec, name))
+        bad.extend(
+            (f"spec.{name}[{i}]", f"a model id matches {MODEL_ID.pattern}")
+            for i, m in enumerate(ids)
+            if not MODEL_ID.fullmatch(m)
+        )
+        if len(set(ids)) != len(ids):
+            bad.append((f"spec.{name}", "names a model more than once"))
+        if len(ids) > MAX_MODELS:
+            bad.append((f"spec.{name}", f"at most {MAX_MODELS} models"))
+    if (
+        spec.objective_aggregate != coordinator_pb2.OBJECTIVE_AGGREGATE_UNSPECIFIED
+        and spec.objective_aggregate not in AGGREGATE_FROM_PROTO
+    ):
+        bad.append(("spec.objective_aggregate", "unknown aggregate"))
+    return bad
 
 
 def spec_from_config(c: SearchConfig) -> coordinator_pb2.SearchSpec:
@@ -214,6 +254,10 @@ def spec_from_config(c: SearchConfig) -> coordinator_pb2.SearchSpec:
         objective_weight=c.objective_weight,
         mix=[STRATEGY_TO_PROTO[s] for s in c.mix],
         mix_mode=MIX_MODE_TO_PROTO[c.mix_mode],
+        model=c.model,
+        transfer_models=list(c.transfer_models),
+        objective_models=list(c.objective_models),
+        objective_aggregate=AGGREGATE_TO_PROTO[c.objective_aggregate],
         budget=coordinator_pb2.Budget(
             max_llm_calls=c.budget.max_llm_calls,
             max_tokens=c.budget.max_tokens,
@@ -308,6 +352,14 @@ def search_to_proto(r: SearchRecord, *, full: bool) -> coordinator_pb2.Search:
         s.result.tied_templates.extend(p.result.tied_templates)
         s.result.greedy_ensemble_templates.extend(p.result.greedy_ensemble_templates)
         s.result.greedy_ensemble_evaluation_accuracy = p.result.greedy_ensemble_evaluation_accuracy
+        for t in p.result.transfer:
+            s.result.transfer.add(
+                model=t.model,
+                best_evaluation_accuracy=t.best_evaluation_accuracy,
+                ensemble_evaluation_accuracy=t.ensemble_evaluation_accuracy,
+                plain_template=t.plain_template,
+                plain_evaluation_accuracy=t.plain_evaluation_accuracy,
+            )
     for i in p.iterations:
         s.iterations.add(
             restart=i.restart,

@@ -10,6 +10,7 @@ from services.coordinator.settings import CoordinatorSettings
 
 if TYPE_CHECKING:
     from promptclimb.common.server import ServiceServer
+    from services.coordinator.models import ModelRegistry
     from services.coordinator.runner import SearchRunner
 
 SERVICE_NAME = "promptclimb.api.v1.CoordinatorService"
@@ -26,14 +27,16 @@ def run(settings: CoordinatorSettings) -> int:
         return 2
 
 
-def build_server(settings: CoordinatorSettings, runner: SearchRunner) -> ServiceServer:
+def build_server(
+    settings: CoordinatorSettings, runner: SearchRunner, models: ModelRegistry | None = None
+) -> ServiceServer:
     """The coordinator's gRPC server around ``runner`` (health, reflection, metrics, token check)."""
     from promptclimb.api.v1 import coordinator_pb2_grpc
     from promptclimb.common.auth import BearerTokenInterceptor
     from promptclimb.common.server import ServiceServer
     from services.coordinator.servicer import CoordinatorServicer
 
-    servicer = CoordinatorServicer(runner)
+    servicer = CoordinatorServicer(runner, models)
     token = settings.auth_token.get_secret_value() if settings.auth_token else None
     return ServiceServer(
         name="coordinator",
@@ -49,19 +52,25 @@ async def serve(settings: CoordinatorSettings) -> None:
     from promptclimb.common.server import announce
     from services.coordinator.async_store import AsyncSearchStore
     from services.coordinator.clients import GrpcProposer, GrpcScorer, RetryPolicy
+    from services.coordinator.models import ModelRegistry
     from services.coordinator.runner import SearchRunner
+    from services.coordinator.search_metrics import RUNNING_SEARCHES
     from services.coordinator.store import SearchStore
 
     retry = RetryPolicy(max_attempts=settings.max_attempts, backoff_seconds=settings.backoff_seconds)
     store = AsyncSearchStore(SearchStore(settings.store))  # every store call off the event loop
-    scorer = GrpcScorer(
-        settings.scorer,
-        chunk_size=settings.chunk_size,
-        max_concurrent_chunks=settings.max_concurrent_chunks,
-        deadline_seconds=settings.scorer_deadline_seconds,
-        retry=retry,
-        tls=settings.upstream_tls(),
-        max_message_bytes=settings.max_message_bytes,
+    models = ModelRegistry(
+        settings.scorer_entries(),
+        lambda target: GrpcScorer(
+            target,
+            chunk_size=settings.chunk_size,
+            max_concurrent_chunks=settings.max_concurrent_chunks,
+            deadline_seconds=settings.scorer_deadline_seconds,
+            retry=retry,
+            tls=settings.upstream_tls(),
+            max_message_bytes=settings.max_message_bytes,
+        ),
+        check_seconds=settings.model_check_seconds,
     )
     proposer = GrpcProposer(
         settings.optimizer,
@@ -73,14 +82,17 @@ async def serve(settings: CoordinatorSettings) -> None:
     )
     runner = SearchRunner(
         store,
-        scorer,
+        models,  # the default model's scorer, and every model's for searches that name one
         proposer,
         lease_seconds=settings.lease_seconds,
         max_running=settings.max_running_searches,
+        max_pending=settings.max_pending_searches,
         owner=settings.replica_id,
     )
-    server = build_server(settings, runner)
+    RUNNING_SEARCHES.track(runner)  # per-search series while each search runs here
+    server = build_server(settings, runner, models)
     port = await server.start()
+    await models.start()  # which model each target serves (a down scorer does not stop the start)
     await runner.start()  # resumes unfinished searches whose lease is free
     await server.set_ready()
     announce("coordinator", port, server.metrics_port)
@@ -88,6 +100,6 @@ async def serve(settings: CoordinatorSettings) -> None:
         await server.serve_until_stopped()
     finally:
         await runner.stop()
-        await scorer.close()
+        await models.close()
         await proposer.close()
         await store.close()

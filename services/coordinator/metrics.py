@@ -23,3 +23,8 @@ LLM_COST = Counter(
     "promptclimb_coordinator_llm_cost_usd", "LLM spend of searches in US dollars, at the configured prices."
 )
 SCORER_RETRIES = Counter("promptclimb_coordinator_scorer_retries", "Scorer calls retried, by code.", ["code"])
+SCORER_MODEL_READY = Gauge(
+    "promptclimb_coordinator_scorer_model_ready",
+    "1 when the scorer target of a model answered with that model at the last check, else 0.",
+    ["model"],
+)

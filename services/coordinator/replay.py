@@ -17,6 +17,7 @@ from typing import Any
 from services.coordinator.pools import initial_templates
 from services.coordinator.search import (
     HillClimb,
+    ModelScorers,
     Proposal,
     ProposalRequest,
     Score,
@@ -141,9 +142,14 @@ async def replay(
 ) -> Replay:
     """Run the search again from its journal with ``overrides``; nothing is stored."""
     changed = replay_config(config, overrides)
-    evaluation_only = _EvaluationOnly(scorer, changed, original)
+    # The journal holds the selection scores as the search ranked them (aggregated over its
+    # objective's models): the replay needs only the search's own model, for the evaluation split.
+    # Transfer scores are not replayed.
+    own = scorer.scorer_of(config.model) if isinstance(scorer, ModelScorers) else scorer
+    climbed = dataclasses.replace(changed, model="", transfer_models=(), objective_models=())
+    evaluation_only = _EvaluationOnly(own, climbed, original)
     climb = HillClimb(
-        SearchState(changed),
+        SearchState(climbed),
         evaluation_only,
         _NoLLM(),
         _RecordedJournal(scores, proposals),
@@ -152,4 +158,5 @@ async def replay(
         clock=lambda: started_at,  # a duration budget judged as when the search ran: it never fires here
     )
     state = await climb.run()
+    state.config = changed
     return Replay(state, evaluation_only.scored)

@@ -33,9 +33,9 @@ import hashlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from promptclimb.common.ranking import rank_key
 from promptclimb.common.vocabulary import Objective, Phase, Strategy
@@ -61,6 +61,13 @@ def objective_key(t: ScoredTemplate, objective: Objective, weight: float) -> tup
         # A score without a loss (from a scorer that sends none) competes on its accuracy alone.
         return (-(t.accuracy - weight * (t.loss or 0.0)),)
     return t.rank_key()
+
+
+class Aggregate(StrEnum):
+    """How a multi-model objective combines each candidate's scores on several models."""
+
+    MEAN = "mean"  # mean accuracy and mean loss
+    MIN = "min"  # the worst model's score: one prompt that holds up on every backbone
 
 
 class MixMode(StrEnum):
@@ -123,6 +130,21 @@ class SearchConfig:
     objective_weight: float = DEFAULT_OBJECTIVE_WEIGHT  # BLENDED: accuracy - weight x loss
     mix: tuple[Strategy, ...] = ()  # several proposing strategies; empty = just ``strategy``
     mix_mode: MixMode = MixMode.SPLIT
+    model: str = ""  # the scorer model selected and evaluated on; "" = the coordinator's default
+    transfer_models: tuple[str, ...] = ()  # the found prompts scored on these too, after selection
+    objective_models: tuple[str, ...] = ()  # selection scores aggregated over ``model`` and these
+    objective_aggregate: Aggregate = Aggregate.MEAN
+
+    @property
+    def names_models(self) -> bool:
+        """Whether the search names any scorer model (else it runs on the default, as before models)."""
+        return bool(self.model or self.transfer_models or self.objective_models)
+
+    @property
+    def selection_models(self) -> tuple[str, ...]:
+        """The models whose selection scores rank the candidates: ``model`` first, then the others."""
+        others = tuple(m for m in dict.fromkeys(self.objective_models) if m != self.model)
+        return (self.model, *others)
 
     @property
     def proposers(self) -> tuple[Strategy, ...]:
@@ -144,7 +166,10 @@ class SearchConfig:
         d["mix"] = [s.value for s in self.mix]
         d["mix_mode"] = self.mix_mode.value
         d["objective"] = self.objective.value
+        d["objective_aggregate"] = self.objective_aggregate.value
         d["user_templates"] = list(self.user_templates)
+        d["transfer_models"] = list(self.transfer_models)
+        d["objective_models"] = list(self.objective_models)
         return d
 
     @classmethod
@@ -156,6 +181,9 @@ class SearchConfig:
         d["mix"] = tuple(Strategy(s) for s in d.get("mix", ()))  # configs stored before mixes: none
         d["mix_mode"] = MixMode(d.get("mix_mode", MixMode.SPLIT))
         d["user_templates"] = tuple(d.get("user_templates", ()))
+        d["transfer_models"] = tuple(d.get("transfer_models", ()))  # configs stored before models: none
+        d["objective_models"] = tuple(d.get("objective_models", ()))
+        d["objective_aggregate"] = Aggregate(d.get("objective_aggregate", Aggregate.MEAN))
         d["budget"] = Budget(**d.get("budget", {}))
         return cls(**d)
 
@@ -279,6 +307,17 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+@dataclass(frozen=True)
+class TransferScore:
+    """The found prompts of a search scored once on another model's evaluation split."""
+
+    model: str
+    best_evaluation_accuracy: float
+    ensemble_evaluation_accuracy: float
+    plain_template: str  # the initial pool's first template (as scored)
+    plain_evaluation_accuracy: float
+
+
 @dataclass
 class SearchResult:
     """The outcome of a finished search."""
@@ -291,6 +330,7 @@ class SearchResult:
     tied_templates: tuple[str, ...] = ()  # CONFIDENT: statistically tied with ``best``
     greedy_ensemble_templates: tuple[str, ...] = ()  # forward selection on the selection split
     greedy_ensemble_evaluation_accuracy: float = 0.0
+    transfer: tuple[TransferScore, ...] = ()  # SearchConfig.transfer_models, in their order
 
 
 GREEDY_CANDIDATES = 20  # the greedy ensemble chooses among this many of the best templates
@@ -416,6 +456,95 @@ class TemplateScorer(Protocol):
     async def ensemble_accuracy(self, dataset: str, split: str, templates: Sequence[str]) -> float:
         """Accuracy of the ensemble of ``templates``."""
         ...
+
+
+@runtime_checkable
+class ModelScorers(Protocol):
+    """Several scorer models behind one port (the coordinator's model registry)."""
+
+    def scorer_of(self, model: str) -> TemplateScorer:
+        """The scorer of ``model`` ("" = the default); raises :class:`SearchFailed` when unknown."""
+        ...
+
+
+async def _discard(_chunk: list[Score]) -> None:
+    """An ``on_chunk`` for scores that are not journaled."""
+
+
+def aggregate_scores(scores: Sequence[Score], how: Aggregate) -> Score:
+    """One template's scores on several models as one: their mean, or the worst one (MIN).
+
+    Any model's rejection rejects the template; a loss is kept only when every model sent one.
+    """
+    first = scores[0]
+    errors = [s.error for s in scores if s.error is not None]
+    if errors:
+        return Score(first.template, error=errors[0])
+    if how is Aggregate.MIN:
+        worst = max(scores, key=lambda s: rank_key(s.accuracy, s.loss))
+        return Score(first.template, worst.accuracy, worst.correct, worst.total, None, worst.loss)
+    losses = [s.loss for s in scores if s.loss is not None]
+    return Score(
+        first.template,
+        sum(s.accuracy for s in scores) / len(scores),
+        sum(s.correct for s in scores),
+        sum(s.total for s in scores),
+        None,
+        sum(losses) / len(losses) if len(losses) == len(scores) else None,
+    )
+
+
+@dataclass
+class CombinedScorer:
+    """A multi-model objective: selection-split scores aggregated over ``scorers``; every other
+    split (the evaluation) from the first scorer alone."""
+
+    scorers: Sequence[TemplateScorer]
+    selection_split: str
+    how: Aggregate = Aggregate.MEAN
+
+    async def class_names(self, dataset: str) -> list[str]:
+        """The first scorer's class names (each model must have the dataset, with the same classes)."""
+        names = await asyncio.gather(*(s.class_names(dataset) for s in self.scorers))
+        if any(n != names[0] for n in names[1:]):
+            raise SearchFailed(
+                "FAILED_PRECONDITION",
+                f"dataset {dataset!r} has different class names on the objective's models",
+            )
+        return names[0]
+
+    async def score(
+        self,
+        dataset: str,
+        split: str,
+        templates: Sequence[str],
+        on_chunk: Callable[[list[Score]], Awaitable[None]],
+        *,
+        per_image: bool = False,
+    ) -> list[Score]:
+        """Selection split: every model's scores, aggregated, checkpointed once; else the first model's."""
+        if split != self.selection_split:
+            return await self.scorers[0].score(dataset, split, templates, on_chunk)
+        per_model = await asyncio.gather(
+            *(s.score(dataset, split, templates, _discard) for s in self.scorers)
+        )
+        by_template = [{s.template: s for s in scores} for scores in per_model]
+        combined = [
+            aggregate_scores([m[t] for m in by_template], self.how)
+            for t in templates
+            if all(t in m for m in by_template)
+        ]
+        await on_chunk(combined)
+        return combined
+
+    async def ensemble_accuracy(self, dataset: str, split: str, templates: Sequence[str]) -> float:
+        """Selection split: the aggregate of the models' ensemble accuracies; else the first model's."""
+        if split != self.selection_split:
+            return await self.scorers[0].ensemble_accuracy(dataset, split, templates)
+        accuracies = await asyncio.gather(
+            *(s.ensemble_accuracy(dataset, split, templates) for s in self.scorers)
+        )
+        return min(accuracies) if self.how is Aggregate.MIN else sum(accuracies) / len(accuracies)
 
 
 class TemplateProposer(Protocol):
@@ -559,6 +688,8 @@ class HillClimb:
     initial_templates: Callable[[SearchConfig], list[str]]  # named / user pools
     started_at: float = field(default_factory=time.time)  # wall clock when the search first ran
     clock: Callable[[], float] = time.time
+    # The models of the coordinator; None = the scorer's own, when it is a ModelScorers, else none.
+    models: ModelScorers | None = None
     _class_names: list[str] = field(default_factory=list)
     _asked: list[str] = field(default_factory=list)  # strategies asked in the current iteration
 
@@ -569,6 +700,21 @@ class HillClimb:
 
     async def run(self) -> SearchState:
         """Seed, climb, evaluate; returns the final state (``result`` and ``end_reason`` set)."""
+        if self.models is None and isinstance(self.scorer, ModelScorers):
+            self.models = self.scorer
+        cfg = self.config
+        if self.models is not None:
+            models = self.models
+            selection = [models.scorer_of(m) for m in cfg.selection_models]
+            self.scorer = (
+                CombinedScorer(selection, cfg.selection_split, cfg.objective_aggregate)
+                if len(selection) > 1
+                else selection[0]
+            )
+            for m in cfg.transfer_models:  # a transfer model without the dataset fails now, not at the end
+                await models.scorer_of(m).class_names(cfg.dataset)
+        elif cfg.names_models:
+            raise SearchFailed("FAILED_PRECONDITION", "this coordinator serves no named scorer models")
         self._class_names = await self.scorer.class_names(self.config.dataset)
         seeded = False
         try:
@@ -719,7 +865,30 @@ class HillClimb:
             greedy_ensemble_templates=greedy,
             greedy_ensemble_evaluation_accuracy=greedy_acc,
         )
+        if cfg.transfer_models and not partial:
+            # The result above is kept (the search ends FAILED with it) if a transfer model fails.
+            transfer = [await self.transfer(m, best.template, ensemble) for m in cfg.transfer_models]
+            self.state.result = replace(self.state.result, transfer=tuple(transfer))
         self.state.phase = Phase.DONE
+
+    async def transfer(self, model: str, best: str, ensemble: Sequence[str]) -> TransferScore:
+        """The best template, the ensemble and the plain prompt scored once on ``model``'s evaluation split.
+
+        Deterministic scorer calls, not journaled (a resumed search asks again, as for the ensemble).
+        """
+        cfg = self.config
+        assert self.models is not None
+        scorer = self.models.scorer_of(model)
+        plain = self.state.history[0].template
+        wanted = list(dict.fromkeys([best, plain]))
+        scored = await scorer.score(cfg.dataset, cfg.evaluation_split, wanted, _discard)
+        scores = {s.template: s for s in scored}
+        for t in wanted:
+            if t not in scores or scores[t].error is not None:
+                why = scores[t].error if t in scores else "no score"
+                raise SearchFailed("INTERNAL", f"transfer to model {model!r}: {t!r} not scored: {why}")
+        ensemble_acc = await scorer.ensemble_accuracy(cfg.dataset, cfg.evaluation_split, ensemble)
+        return TransferScore(model, scores[best].accuracy, ensemble_acc, plain, scores[plain].accuracy)
 
     async def greedy_ensemble(self) -> tuple[str, ...]:
         """Forward selection of up to ``ensemble_k`` templates by ensemble accuracy on the selection split.

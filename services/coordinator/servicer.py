@@ -6,6 +6,8 @@ slow database delays the RPC that waits on it, not every other RPC of the replic
 Error semantics (AIP-style):
 - unknown search name -> NOT_FOUND; a bad spec -> INVALID_ARGUMENT with BadRequest field violations;
 - CancelSearch of a search that already ended -> FAILED_PRECONDITION (its state is left alone);
+- StartSearch while ``max_pending_searches`` wait to run -> RESOURCE_EXHAUSTED with RetryInfo
+  (a repeated request id is still answered with its search);
 - an unknown dataset is NOT checked at StartSearch (the scorer may be briefly down and a start must
   still be recorded): the search starts and ends FAILED with error_code NOT_FOUND and the reason
   naming the dataset and the registered ones.
@@ -32,10 +34,11 @@ from services.coordinator.convert import (
     search_id_of,
     search_to_proto,
 )
+from services.coordinator.models import ModelRegistry
 from services.coordinator.replay import ReplayRefused, replay
 from services.coordinator.runner import SearchRunner
-from services.coordinator.search import SearchFailed
-from services.coordinator.store import Progress, is_disk_full, is_transient
+from services.coordinator.search import SearchConfig, SearchFailed
+from services.coordinator.store import Progress, TooManyPending, is_disk_full, is_transient
 from services.coordinator.watch import watch
 
 MAX_PAGE_SIZE = 100
@@ -51,6 +54,20 @@ STORE_FULL = ServiceError(
     "the search store's disk is full: nothing recorded is lost; retry once space is freed",
     retry_after_seconds=10.0,
 )
+
+
+# Searches waiting past max_pending_searches: one ends, on average, every few seconds per replica.
+PENDING_RETRY_SECONDS = 5.0
+
+
+def too_many_pending(err: TooManyPending) -> ServiceError:
+    """RESOURCE_EXHAUSTED for a StartSearch past the bound of waiting searches, with a retry delay."""
+    return ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"{err.pending} searches are already waiting to run (max_pending_searches={err.bound});"
+        " nothing was started: retry later",
+        retry_after_seconds=PENDING_RETRY_SECONDS,
+    )
 
 
 def store_error(err: BaseException) -> ServiceError | None:
@@ -84,9 +101,24 @@ def _full(view: int) -> bool:
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     """The thin adapter."""
 
-    def __init__(self, runner: SearchRunner) -> None:
+    def __init__(self, runner: SearchRunner, models: ModelRegistry | None = None) -> None:
         self.runner = runner
         self.store = runner.store
+        self.models = models  # None: a runner on one unnamed scorer (tests, embedded use)
+
+    def _unknown_models(self, config: SearchConfig) -> ServiceError | None:
+        """NOT_FOUND naming the first model of the spec this coordinator does not serve."""
+        if self.models is None:
+            return None
+        named = [("spec.model", config.model)]
+        named += [(f"spec.transfer_models[{i}]", m) for i, m in enumerate(config.transfer_models)]
+        named += [(f"spec.objective_models[{i}]", m) for i, m in enumerate(config.objective_models)]
+        for where, model in named:
+            if not self.models.known(model):
+                known = ", ".join(self.models.known_ids()) or "none"
+                why = f"{where}: model {model!r} is not served here (models: {known})"
+                return ServiceError(grpc.StatusCode.NOT_FOUND, why)
+        return None
 
     @_store_outage_is_unavailable
     async def StartSearch(self, request, context):  # type: ignore[no-untyped-def]
@@ -95,9 +127,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             config = config_from_spec(request.spec)
         except ServiceError as err:
             await abort(context, err)
+        if (unknown := self._unknown_models(config)) is not None:
+            await abort(context, unknown)
         if len(request.request_id) > 200:
             await abort(context, invalid_argument("at most 200 characters", "request_id"))
-        record, _ = await self.runner.submit(config, request.request_id or None)
+        try:
+            record, _ = await self.runner.submit(config, request.request_id or None)
+        except TooManyPending as err:
+            await abort(context, too_many_pending(err))
         record = await self.store.get(record.id, with_history=False) or record
         return coordinator_pb2.StartSearchResponse(search=search_to_proto(record, full=False))
 
@@ -166,6 +203,22 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return coordinator_pb2.ListSearchesResponse(
             searches=[search_to_proto(r, full=False) for r in records[:size]], next_page_token=token
         )
+
+    async def ListModels(self, request, context):  # type: ignore[no-untyped-def]
+        """The scorer models and what their last check found."""
+        reply = coordinator_pb2.ListModelsResponse()
+        for st in self.models.status if self.models is not None else []:
+            reply.models.add(
+                id=st.id,
+                target=st.entry.target,
+                ready=st.ready,
+                datasets=list(st.datasets),
+                default=st.default,
+                reason=st.reason,
+                model_name=st.model_name,
+                pretrained=st.pretrained,
+            )
+        return reply
 
     @_store_outage_is_unavailable
     async def ReplaySearch(self, request, context):  # type: ignore[no-untyped-def]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from promptclimb.common.channels import ClientTLS
 from promptclimb.common.settings import ServerSettings
@@ -20,7 +24,15 @@ class CoordinatorSettings(ServerSettings):
 
     model_config = SettingsConfigDict(env_prefix="PROMPTCLIMB_COORDINATOR_", extra="ignore")
 
-    scorer: str = Field("127.0.0.1:50051", description="Scorer target: host:port, a,b list or dns:///name")
+    scorer: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1:50051"],
+        description="Scorer model (repeatable) [MODEL_ID=]TARGET; TARGET is host:port, an a,b list or "
+        "dns:///name; the one without MODEL_ID (else the first) is the default model; the env value "
+        "lists them separated by spaces",
+    )
+    model_check_seconds: float = Field(
+        30.0, gt=0, description="How often each scorer target is asked which model it serves"
+    )
     optimizer: str = Field("127.0.0.1:50052", description="Optimizer target")
     store: str = Field("promptclimb.db", description="SQLite file path or any SQLAlchemy URL")
     chunk_size: int = Field(16, gt=0, description="Templates per EvaluatePrompts call")
@@ -33,6 +45,12 @@ class CoordinatorSettings(ServerSettings):
         30.0, gt=0, description="Search lease; a dead replica's searches resume after it"
     )
     max_running_searches: int = Field(8, gt=0, description="Searches run at once by this replica")
+    max_pending_searches: int = Field(
+        1000,
+        gt=0,
+        description="Searches waiting to run (PENDING, counted in the store over every replica); "
+        "StartSearch past it is RESOURCE_EXHAUSTED with a retry delay",
+    )
     llm_prices: list[str] = Field(
         default_factory=list,
         description="LLM prices (repeatable) MODEL=USD_PER_1K_PROMPT,USD_PER_1K_COMPLETION, e.g. "
@@ -54,6 +72,21 @@ class CoordinatorSettings(ServerSettings):
     upstream_tls_server_name: str | None = Field(
         None, description="Name expected in the scorer/optimizer certificates, if not the target host"
     )
+
+    @field_validator("scorer", mode="before")
+    @classmethod
+    def _scorer_split(cls, value: object) -> object:
+        return value.split() if isinstance(value, str) else value  # the env form: space separated
+
+    @field_validator("scorer")
+    @classmethod
+    def _scorer_parse(cls, values: list[str]) -> list[str]:
+        parse_scorer_entries(values)  # raises ValueError naming the bad entry
+        return values
+
+    def scorer_entries(self) -> list[ModelEntry]:
+        """``scorer`` as model entries."""
+        return parse_scorer_entries(self.scorer)
 
     @field_validator("llm_prices")
     @classmethod
@@ -105,3 +138,37 @@ def parse_prices(entries: list[str]) -> dict[str, tuple[float, float]]:
             raise ValueError(f"llm price {entry!r}: prices must not be negative")
         prices[model] = (prompt, completion)
     return prices
+
+
+MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")  # as the scorer derives them: bounded labels
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One ``[MODEL_ID=]TARGET`` of the coordinator's ``--scorer``; ``id`` "" = learn it from the scorer."""
+
+    id: str
+    target: str
+
+
+def parse_scorer_entries(values: Sequence[str]) -> list[ModelEntry]:
+    """``--scorer`` values as entries; ValueError naming the bad one (ids unique, one bare target)."""
+    entries: list[ModelEntry] = []
+    for value in values:
+        # A target never holds "=" (host:port, a,b list, dns:///name), so the first "=" splits.
+        model, sep, target = value.strip().partition("=")
+        if not sep:
+            model, target = "", model
+        elif not MODEL_ID.fullmatch(model):
+            raise ValueError(f"scorer {value!r}: model id must match {MODEL_ID.pattern}")
+        if not target:
+            raise ValueError(f"scorer {value!r}: no target")
+        entries.append(ModelEntry(model, target))
+    if not entries:
+        raise ValueError("at least one scorer target is needed")
+    if sum(1 for e in entries if not e.id) > 1:
+        raise ValueError("at most one scorer target without a model id (the default model)")
+    ids = [e.id for e in entries if e.id]
+    if len(ids) != len(set(ids)):
+        raise ValueError(f"a model id is listed twice: {', '.join(sorted(ids))}")
+    return entries

@@ -36,7 +36,8 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ from services.coordinator.search import (
     ScoredTemplate,
     SearchConfig,
     SearchResult,
+    TransferScore,
     SearchState,
     Usage,
 )
@@ -170,6 +172,14 @@ class StoreRefused(Exception):
     """The store given can not be used as it is (not a database, foreign tables, newer schema)."""
 
 
+class TooManyPending(Exception):
+    """A new search refused: ``pending`` searches already wait to run, at least the bound allowed."""
+
+    def __init__(self, pending: int, bound: int) -> None:
+        super().__init__(f"{pending} searches are already waiting to run (at most {bound})")
+        self.pending, self.bound = pending, bound
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step: a database at ``to_version - 1`` is brought to ``to_version`` by ``apply``."""
@@ -204,6 +214,8 @@ assert len(MIGRATIONS) == SCHEMA_VERSION and all(m.to_version == i + 1 for i, m 
 
 # Any constant will do: it names the lock that serialises migrations on a PostgreSQL database.
 _PG_MIGRATION_LOCK = 0x70636C6D62
+# Likewise for admissions: StartSearch's count of PENDING searches and its insert (max_pending).
+_PG_ADMISSION_LOCK = 0x70636C6D63
 
 
 def database_url(store: str) -> str:
@@ -273,6 +285,7 @@ class Progress:
                     greedy_ensemble_evaluation_accuracy=result.get(
                         "greedy_ensemble_evaluation_accuracy", 0.0
                     ),
+                    transfer=tuple(TransferScore(**t) for t in result.get("transfer", ())),
                 )
                 if result
                 else None
@@ -430,8 +443,16 @@ class SearchStore:
 
     # ---- searches ------------------------------------------------------------------------------
 
-    def create(self, config: SearchConfig, request_id: str | None) -> tuple[SearchRecord, bool]:
-        """Insert a PENDING search; with a known ``request_id`` return that search instead."""
+    def create(
+        self, config: SearchConfig, request_id: str | None, *, max_pending: int | None = None
+    ) -> tuple[SearchRecord, bool]:
+        """Insert a PENDING search; with a known ``request_id`` return that search instead.
+
+        With ``max_pending``, raise :class:`TooManyPending` instead of inserting when that many
+        searches are PENDING in the store (every replica's): the count and the insert are one
+        transaction under a lock every replica takes, so a burst never overshoots the bound.
+        A known ``request_id`` is answered with its search even then.
+        """
         if request_id:
             existing = self.by_request_id(request_id)
             if existing is not None:
@@ -439,7 +460,15 @@ class SearchStore:
         now = self.clock()
         search_id = uuid.uuid4().hex[:16]
         try:
-            with self.engine.begin() as c:
+            with self._admission(max_pending is not None) as c:
+                if max_pending is not None:
+                    if request_id and (row := _by_request_id(c, request_id)) is not None:
+                        return _record(row), False  # created by a request that won the lock
+                    pending = c.execute(
+                        select(func.count()).select_from(searches).where(searches.c.state == PENDING)
+                    ).scalar_one()
+                    if pending >= max_pending:
+                        raise TooManyPending(pending, max_pending)
                 c.execute(
                     insert(searches).values(
                         id=search_id,
@@ -466,10 +495,23 @@ class SearchStore:
         assert record is not None
         return record, True
 
+    @contextmanager
+    def _admission(self, serialised: bool) -> Iterator[Connection]:
+        """A write transaction; ``serialised``: holding, from its first read, the lock of admissions."""
+        with self.engine.connect() as c:
+            if False:
+                # The write lock before the count: a deferred transaction would read, then fail
+                # to upgrade ("database is locked") whenever another replica wrote meanwhile.
+                c.exec_driver_sql("BEGIN IMMEDIATE")
+            elif False:
+                c.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_ADMISSION_LOCK})
+            yield c
+            c.commit()
+
     def by_request_id(self, request_id: str) -> SearchRecord | None:
         """The search started with ``request_id``, if any."""
         with self.engine.connect() as c:
-            row = c.execute(select(searches).where(searches.c.request_id == request_id)).mappings().first()
+            row = _by_request_id(c, request_id)
         return _record(row) if row else None
 
     def get(self, search_id: str, *, with_history: bool = False) -> SearchRecord | None:
@@ -643,8 +685,8 @@ class SearchStore:
                 .values(lease_owner=None, lease_expires=None)
             )
 
-    def claimable(self) -> list[str]:
-        """Unfinished searches nobody holds a live lease on, oldest first."""
+    def claimable(self, *, limit: int | None = None) -> list[str]:
+        """Unfinished searches nobody holds a live lease on, oldest first (at most ``limit``)."""
         now = self._db_now()
         with self.engine.connect() as c:
             rows = c.execute(
@@ -653,7 +695,8 @@ class SearchStore:
                     searches.c.state.in_([PENDING, RUNNING]),
                     or_(searches.c.lease_owner.is_(None), searches.c.lease_expires < now),
                 )
-                .order_by(searches.c.create_time)
+                .order_by(searches.c.create_time, searches.c.id)
+                .limit(limit)
             )
             return [r[0] for r in rows]
 
@@ -806,6 +849,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _by_request_id(c: Connection, request_id: str) -> Any:
+    return c.execute(select(searches).where(searches.c.request_id == request_id)).mappings().first()
 
 
 def _record(row: Any) -> SearchRecord:

@@ -6,7 +6,7 @@ import asyncio
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -23,18 +23,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 async def serve_coordinator(
-    scorer: str, optimizer: str, store: Path, log: Path
+    scorer: str | Sequence[str], optimizer: str, store: Path, log: Path
 ) -> tuple[asyncio.subprocess.Process, int]:
-    """Start `promptclimb serve coordinator` and read its port from the announce line."""
+    """Start `promptclimb serve coordinator` and read its port from the announce line.
+
+    ``scorer``: one target, or several ``[MODEL_ID=]TARGET`` entries (one ``--scorer`` each).
+    """
     env = test_env(PROMPTCLIMB_COORDINATOR_LOG_JSON="true")
+    scorers = [scorer] if isinstance(scorer, str) else list(scorer)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "promptclimb",
         "serve",
         "coordinator",
-        "--scorer",
-        scorer,
+        *(arg for s in scorers for arg in ("--scorer", s)),
         "--optimizer",
         optimizer,
         "--store",

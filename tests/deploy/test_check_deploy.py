@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.deploy.conftest import REPO, load_check_deploy, run_checks, tool_or_skip
 
@@ -61,6 +63,15 @@ def _break_pod_policy(root: Path) -> None:
     )
 
 
+NEW_MODEL = "  - id: rn50-openai\n    model: local-dir:/models/rn50\n"
+
+
+def _break_models(root: Path) -> None:
+    # A model added to the list, the component not regenerated: the cluster would not serve it.
+    with (root / "deploy/k8s/components/models/models.yaml").open("a") as f:
+        f.write(NEW_MODEL)
+
+
 def _break_rules_sync(root: Path) -> None:
     _edit(root / "deploy/monitoring/prometheusrule.yaml", "for: 2m", "for: 3m")
 
@@ -98,6 +109,7 @@ BROKEN: dict[str, tuple[Callable[[Path], None], str]] = {
     "k8s-schema": (_break_k8s_schema, "revisionHistoryLimt"),
     "crd-schema": (_break_crd_schema, "intervall"),
     "pod-policy": (_break_pod_policy, "terminationGracePeriodSeconds 20 must exceed the server grace 20 s"),
+    "models": (_break_models, "scorers.yaml is out of date with models.yaml"),
     "rules-sync": (_break_rules_sync, "out of date"),
     "promtool-rules": (_break_promtool_rules, "promtool check rules"),
     "promtool-tests": (_break_promtool_tests, "PromptclimbServiceDown"),
@@ -121,6 +133,30 @@ def test_check_fails_on_broken_input(check: str, deploy_copy: Path) -> None:
     assert proc.returncode == 1
     assert f"FAIL {check}" in proc.stdout
     assert expected in proc.stdout, proc.stdout
+
+
+def test_a_model_added_to_the_list_gets_its_scorer_and_a_place_in_the_coordinators_map(
+    deploy_copy: Path,
+) -> None:
+    _break_models(deploy_copy)
+    proc = run_checks(deploy_copy, "--write", "--only", "models", "--only", "pod-policy")
+    assert proc.returncode == 0, proc.stdout
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(deploy_copy / "deploy/k8s/overlays/gpu")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    objects = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(rendered) if d}
+    assert ("Deployment", "scorer-rn50-openai") in objects
+    assert ("Service", "scorer-rn50-openai-headless") in objects
+    coordinator_config = next(
+        d for (k, n), d in objects.items() if k == "ConfigMap" and n.startswith("coordinator-")
+    )
+    assert (
+        "rn50-openai=dns:///scorer-rn50-openai-headless.promptclimb.svc.cluster.local:50051"
+        in coordinator_config["data"]["PROMPTCLIMB_COORDINATOR_SCORER"].split()
+    )
 
 
 def test_alert_without_a_unit_test_fails(deploy_copy: Path) -> None:
@@ -159,3 +195,17 @@ def test_alert_without_a_unit_test_fails(deploy_copy: Path) -> None:
 )
 def test_metric_names_are_extracted_from_promql(expr: str, names: set[str]) -> None:
     assert load_check_deploy().metric_names(expr) == names
+
+
+def test_the_dashboard_check_reads_annotation_and_variable_queries(deploy_copy: Path) -> None:
+    path = deploy_copy / "deploy/monitoring/dashboards/promptclimb.json"
+    dashboard = json.loads(path.read_text())
+    annotation = next(a for a in dashboard["annotations"]["list"] if a["name"] == "New best")
+    annotation["expr"] = "max by (search_id (promptclimb_coordinator_search_best_accuracy)"
+    variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "search")
+    variable["query"]["query"] = "label_values(promptclimb_coordinator_search_iteration{job=}, search_id)"
+    path.write_text(json.dumps(dashboard))
+    proc = run_checks(deploy_copy, "--only", "dashboard")
+    assert proc.returncode == 1
+    assert "panel 'annotation New best'" in proc.stdout, proc.stdout
+    assert "panel 'variable search'" in proc.stdout, proc.stdout

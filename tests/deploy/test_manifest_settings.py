@@ -28,7 +28,7 @@ def _settings_classes() -> dict[str, Any]:
     return {"SCORER": ScorerSettings, "OPTIMIZER": OptimizerSettings, "COORDINATOR": CoordinatorSettings}
 
 
-def _config_maps(overlay: str) -> dict[str, dict[str, str]]:
+def _rendered(overlay: str) -> list[dict[str, Any]]:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl not installed")
     rendered = subprocess.run(
@@ -38,11 +38,29 @@ def _config_maps(overlay: str) -> dict[str, dict[str, str]]:
         check=True,
         timeout=60,
     ).stdout
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def _config_maps(overlay: str) -> dict[str, dict[str, str]]:
     return {
         doc["metadata"]["name"]: doc.get("data", {})
-        for doc in yaml.safe_load_all(rendered)
-        if doc and doc["kind"] == "ConfigMap" and doc["metadata"]["name"].split("-")[0] != "promptclimb"
+        for doc in _rendered(overlay)
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].split("-")[0] != "promptclimb"
     }
+
+
+def _deployment_env(overlay: str) -> dict[str, dict[str, str]]:
+    """Each Deployment's environment from its ConfigMaps, in envFrom order (a later one wins)."""
+    config_maps = _config_maps(overlay)
+    out = {}
+    for doc in _rendered(overlay):
+        if doc["kind"] == "Deployment":
+            env: dict[str, str] = {}
+            for source in doc["spec"]["template"]["spec"]["containers"][0].get("envFrom", []):
+                if "configMapRef" in source:
+                    env.update(config_maps[source["configMapRef"]["name"]])
+            out[doc["metadata"]["name"]] = env
+    return out
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -59,22 +77,41 @@ def test_every_service_setting_in_the_manifests_exists_and_loads(
         keys = [k for k in data if k.startswith(prefix)]
         unknown = [k for k in keys if k.removeprefix(prefix).lower() not in settings_class.model_fields]
         assert not unknown, f"{overlay}/{name}: not settings of {settings_class.__name__}: {unknown}"
+    for deployment, env in _deployment_env(overlay).items():
+        service = deployment.split("-")[0].upper()
         for key in [k for k in os.environ if k.startswith("PROMPTCLIMB_")]:  # only the manifest's config
             monkeypatch.delenv(key)
-        for key, value in data.items():
+        for key, value in env.items():
             monkeypatch.setenv(key, value)
-        settings = settings_class()
-        assert settings.host == "0.0.0.0"  # reachable from the kubelet's probes and from Prometheus
+        settings = classes[service]()
+        assert settings.host == "0.0.0.0", deployment  # reachable from the kubelet's probes and Prometheus
         assert settings.port == 50051
         assert settings.metrics_port == 9464
 
 
-def test_the_coordinator_reaches_every_scorer_through_the_headless_service() -> None:
+def test_the_coordinator_reaches_every_scorer_model_through_its_headless_service(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.coordinator.settings import CoordinatorSettings
+
     for overlay in OVERLAYS:
-        config = next(d for n, d in _config_maps(overlay).items() if n.startswith("coordinator-"))
         namespace = yaml.safe_load(
             (REPO / "deploy" / "k8s" / "overlays" / overlay / "kustomization.yaml").read_text()
         )["namespace"]
-        assert config["PROMPTCLIMB_COORDINATOR_SCORER"] == (
-            f"dns:///scorer-headless.{namespace}.svc.cluster.local:50051"
+        envs = _deployment_env(overlay)
+        for key in [k for k in os.environ if k.startswith("PROMPTCLIMB_")]:
+            monkeypatch.delenv(key)
+        for key, value in envs["coordinator"].items():
+            monkeypatch.setenv(key, value)
+        default, *models = CoordinatorSettings().scorer_entries()
+        assert (
+            default.id == ""
+            and default.target == f"dns:///scorer-headless.{namespace}.svc.cluster.local:50051"
         )
+        served = {}
+        for deployment, env in envs.items():
+            if deployment.startswith("scorer-"):
+                served[env["PROMPTCLIMB_SCORER_MODEL_ID"]] = deployment
+        assert {m.id for m in models} == set(served), overlay  # every model's scorer, and no other
+        for m in models:
+            assert m.target == f"dns:///{served[m.id]}-headless.{namespace}.svc.cluster.local:50051"
