@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,14 @@ class Cell:
         """The scorer dataset id of this few-shot sample."""
         return dataset_id(self.dataset, self.shots, self.seed)
 
-    def request_id(self, attempt: int = 0) -> str:
-        """Idempotency key of the search: a rerun finds the search a killed run started."""
-        digest = hashlib.sha256(self.key.encode()).hexdigest()[:16]
+    def request_id(self, attempt: int = 0, models: Sequence[str] = ()) -> str:
+        """Idempotency key of the search: a rerun finds the search a killed run started.
+
+        ``models``: the search's model and transfer models; they are part of the key, since the
+        coordinator answers a known key with its search whatever the spec sent with it.
+        """
+        identity = self.key + "".join(f"|{m}" for m in models)
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
         return f"reproduce-{digest}" + (f"-{attempt}" if attempt else "")
 
 
@@ -42,7 +48,10 @@ def dataset_id(name: str, shots: int, seed: int) -> str:
 
 
 def transfer_key(cell: Cell, target: str) -> str:
-    """Store key of the found prompts of ``cell`` scored on backbone ``target``."""
+    """Store key of a transfer record of earlier versions (found prompts of ``cell`` scored on ``target``).
+
+    Now the transfer scores are part of the cell's own record (its search's ``result.transfer``).
+    """
     return (
         f"transfer/{cell.profile}/{cell.shots}shot/{cell.dataset}/seed{cell.seed}/{cell.backbone}->{target}"
     )

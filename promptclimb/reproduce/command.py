@@ -13,7 +13,7 @@ from typing import Any
 from promptclimb.local import stop_services
 from promptclimb.reproduce.catalogue import COOP_DATASETS, ReproduceError, discover
 from promptclimb.reproduce.cells import ResultsStore
-from promptclimb.reproduce.driver import Endpoints, Plan, log_line, plan_records, run_plan
+from promptclimb.reproduce.driver import Plan, Services, log_line, model_ids, plan_records, run_plan
 from promptclimb.reproduce.local_services import start_services
 from promptclimb.reproduce.profiles import PROFILES
 from promptclimb.reproduce.tables import write_tables
@@ -23,22 +23,35 @@ def _csv_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _targets(values: Sequence[str], flag: str, backbones: Sequence[str]) -> dict[str, str]:
-    """``BACKBONE=TARGET`` values; a single bare TARGET is allowed with one backbone."""
+def _scorers(values: Sequence[str], backbones: Sequence[str]) -> dict[str, str]:
+    """``--scorer BACKBONE=TARGET`` values; a single bare TARGET is allowed with one backbone."""
     out: dict[str, str] = {}
     for value in values:
         name, sep, target = value.partition("=")
         if not sep:
             if len(backbones) != 1 or len(values) != 1:
                 raise ReproduceError(
-                    f"{flag} {value!r}: give BACKBONE=TARGET when several backbones are listed"
+                    f"--scorer {value!r}: give BACKBONE=TARGET when several backbones are listed"
                 )
             name, target = backbones[0], value
         out[name.strip()] = target.strip()
     missing = [b for b in backbones if b not in out]
     if missing:
-        raise ReproduceError(f"{flag}: no target for backbones {missing}")
+        raise ReproduceError(f"--scorer: no target for backbones {missing}")
     return out
+
+
+def _coordinator(values: Sequence[str]) -> str:
+    """The one ``--coordinator TARGET`` every backbone searches through."""
+    if not values:
+        raise ReproduceError("give the coordinator (--coordinator TARGET) or --start-services")
+    if len(values) > 1 or "=" in values[0]:
+        raise ReproduceError(
+            f"--coordinator {' '.join(values)!r}: give one TARGET; every backbone searches through one "
+            "coordinator, which serves each backbone's scorer as a model (serve it with "
+            "--scorer MODEL_ID=TARGET per backbone)"
+        )
+    return values[0].strip()
 
 
 def add_parsers(commands: Any, services: Any) -> None:
@@ -49,9 +62,10 @@ def add_parsers(commands: Any, services: Any) -> None:
         description=(
             "Run one search per (dataset, seed, backbone) over the datasets found in CoOp's layout under "
             "--data-root and write results.csv, transfer.csv, cells.csv and results.md into --out. "
-            "Give the services of each backbone (--scorer/--coordinator BACKBONE=TARGET), or let the "
-            "command start them (--start-services with --llm-base-url/--llm-model). Rerunning skips "
-            "finished cells. See docs/REPRODUCE.md."
+            "Give one coordinator serving every backbone as a model (--coordinator TARGET) and each "
+            "backbone's scorer (--scorer BACKBONE=TARGET), or let the command start them "
+            "(--start-services with --llm-base-url/--llm-model). --parallel searches run at once; "
+            "rerunning skips finished cells. See docs/REPRODUCE.md."
         ),
     )
     p.add_argument(
@@ -67,22 +81,28 @@ def add_parsers(commands: Any, services: Any) -> None:
     p.add_argument("--restarts", type=int, help="override the profile's restarts")
     p.add_argument("--templates-per-iteration", type=int, help="override the profile's templates per call")
     p.add_argument("--pool", help="override the profile's initial pool (basic, clip80)")
+    p.add_argument("--parallel", type=int, default=2, help="searches submitted at once (2)")
     g = p.add_argument_group("running services")
     g.add_argument(
-        "--scorer", action="append", default=[], metavar="BACKBONE=TARGET", help="scorer per backbone"
+        "--scorer",
+        action="append",
+        default=[],
+        metavar="BACKBONE=TARGET",
+        help="scorer per backbone (datasets are registered on it; its model id must be a model of "
+        "the coordinator)",
     )
     g.add_argument(
         "--coordinator",
         action="append",
         default=[],
-        metavar="BACKBONE=TARGET",
-        help="coordinator per backbone (searching with that backbone's scorer)",
+        metavar="TARGET",
+        help="the coordinator, serving every backbone's scorer as a model (--scorer MODEL_ID=TARGET each)",
     )
     g = p.add_argument_group("local services (--start-services)")
     g.add_argument(
         "--start-services",
         action="store_true",
-        help="start an optimizer, and a scorer + coordinator per backbone",
+        help="start an optimizer, a scorer per backbone and one coordinator serving them all",
     )
     g.add_argument(
         "--model-map",
@@ -109,6 +129,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in _csv_list(args.seeds)]
         if not backbones or not seeds or len(set(backbones)) != len(backbones):
             raise ReproduceError("--backbones and --seeds must list distinct values")
+        if args.parallel < 1:
+            raise ReproduceError("--parallel must be at least 1")
         out: Path = args.out.expanduser().resolve()
         out.mkdir(parents=True, exist_ok=True)
         found = discover(args.data_root, _csv_list(args.datasets) if args.datasets else None, out / "splits")
@@ -130,12 +152,10 @@ def _reproduce(args: argparse.Namespace) -> int:
                 raise ReproduceError("--start-services starts its own services: drop --scorer/--coordinator")
             if not (args.llm_base_url and args.llm_model):
                 raise ReproduceError("--start-services needs --llm-base-url and --llm-model")
-            endpoints, procs = start_services(args, backbones, out / "services")
+            services, procs = start_services(args, backbones, out / "services")
         else:
-            scorers = _targets(args.scorer, "--scorer", backbones)
-            coordinators = _targets(args.coordinator, "--coordinator", backbones)
-            endpoints = {b: Endpoints(scorers[b], coordinators[b]) for b in backbones}
-        failed = asyncio.run(run_plan(plan, endpoints, store))
+            services = Services(_coordinator(args.coordinator), _scorers(args.scorer, backbones))
+        failed = asyncio.run(_run(plan, services, store, args.parallel))
         names = [d.info.name for d in found]
         write_tables(out, plan_records(plan, store), names, backbones, plan.profile, plan.shots, seeds)
         log_line(sys.stderr, f"wrote {out / 'results.md'}")
@@ -150,3 +170,14 @@ def _reproduce(args: argparse.Namespace) -> int:
         return 130
     finally:
         stop_services(procs)
+
+
+async def _run(plan: Plan, services: Services, store: ResultsStore, parallel: int) -> list[str]:
+    models = await model_ids(services, plan.backbones)
+    log_line(
+        sys.stderr,
+        f"coordinator {services.coordinator}: "
+        + ", ".join(f"{b} as model {m}" for b, m in models.items())
+        + f"; {parallel} searches at a time",
+    )
+    return await run_plan(plan, services, models, store, parallel=parallel)

@@ -76,7 +76,9 @@ def transfer_rows(
 ) -> list[dict[str, Any]]:
     """Rows of ``transfer.csv``: prompts found on ``source`` scored on ``target``, per dataset and averaged.
 
-    The diagonal (source = target) is the backbone's own result, for comparison.
+    The diagonal (source = target) is the backbone's own result, for comparison. The others come
+    from each search's own transfer scores (its record's ``transfer``), or from the separate
+    transfer records of earlier versions.
     """
     records = list(records)
     scored: dict[tuple[str, str, str], dict[int, tuple[float, float]]] = {}
@@ -86,6 +88,11 @@ def transfer_rows(
                 r["found_test"],
                 r["ensemble_test"],
             )
+            for target, t in r.get("transfer", {}).items():
+                scored.setdefault((r["backbone"], target, r["dataset"]), {})[r["seed"]] = (
+                    t["found_test"],
+                    t["ensemble_test"],
+                )
         elif r.get("kind") == "transfer":
             scored.setdefault((r["source"], r["target"], r["dataset"]), {})[r["seed"]] = (
                 r["found_test"],
@@ -135,9 +142,9 @@ def transfer_rows(
 
 
 CELL_COLUMNS = (
-    "profile", "shots", "dataset", "seed", "backbone", "search", "best_template", "selection_accuracy",
-    "found_test", "ensemble_test", "ensemble_templates", "handwritten_template", "handwritten_test",
-    "llm_calls", "prompt_tokens", "completion_tokens", "evaluations", "wall_seconds",
+    "profile", "shots", "dataset", "seed", "backbone", "model", "search", "best_template",
+    "selection_accuracy", "found_test", "ensemble_test", "ensemble_templates", "handwritten_template",
+    "handwritten_test", "llm_calls", "prompt_tokens", "completion_tokens", "evaluations", "wall_seconds",
 )  # fmt: skip
 
 

@@ -24,12 +24,19 @@ def test_flag_errors_exit_2_with_a_message(tmp_path: Path, capsys: pytest.Captur
     make_coop_dataset(tmp_path, "dtd", "split_zhou_DescribableTextures.json", "images", ["a"], {"test": 1})
     base = ["reproduce", "--data-root", str(tmp_path), "--out", str(tmp_path / "out")]
 
-    assert (
-        main([*base, "--backbones", "RN50,RN101", "--scorer", "127.0.0.1:1", "--coordinator", "RN50=x"]) == 2
-    )
+    assert main([*base, "--backbones", "RN50,RN101", "--scorer", "127.0.0.1:1", "--coordinator", "x"]) == 2
     assert "give BACKBONE=TARGET" in capsys.readouterr().err
-    assert main([*base, "--scorer", "RN50=a", "--coordinator", "ViT-B-16=b"]) == 2
-    assert "--coordinator: no target for backbones ['RN50']" in capsys.readouterr().err
+    assert main([*base, "--backbones", "RN50,ViT-B-16", "--scorer", "RN50=a", "--coordinator", "b"]) == 2
+    assert "--scorer: no target for backbones ['ViT-B-16']" in capsys.readouterr().err
+    # One coordinator for every backbone: the per-backbone form of earlier versions is refused.
+    assert main([*base, "--scorer", "RN50=a", "--coordinator", "RN50=b"]) == 2
+    assert "give one TARGET; every backbone searches through one coordinator" in capsys.readouterr().err
+    assert main([*base, "--scorer", "a", "--coordinator", "b", "--coordinator", "c"]) == 2
+    assert "give one TARGET" in capsys.readouterr().err
+    assert main([*base, "--scorer", "a"]) == 2
+    assert "give the coordinator (--coordinator TARGET) or --start-services" in capsys.readouterr().err
+    assert main([*base, "--scorer", "a", "--coordinator", "b", "--parallel", "0"]) == 2
+    assert "--parallel must be at least 1" in capsys.readouterr().err
     assert main([*base, "--start-services"]) == 2
     assert "needs --llm-base-url and --llm-model" in capsys.readouterr().err
     assert main([*base, "--datasets", "dtd,imagenet", "--scorer", "a", "--coordinator", "b"]) == 2
@@ -79,4 +86,7 @@ def test_start_services_runs_everything_in_one_command(tmp_path: Path) -> None:
     assert 0.0 <= float(rows[0]["found_mean"]) <= 1.0 and float(rows[0]["llm_calls"]) == 1
     # The released profile was sent: contrast, 3 best / 3 worst, temperature 1.
     assert len(llm.requests) == 1 and llm.requests[0].get("temperature") == 1.0
-    assert (tmp_path / "out" / "services" / "tiny" / "searches.db").exists()
+    # One coordinator (one store) served the backbone as model "tiny", the id its scorer was given.
+    assert (tmp_path / "out" / "services" / "searches.db").exists()
+    with (tmp_path / "out" / "cells.csv").open() as f:
+        assert [c["model"] for c in csv.DictReader(f)] == ["tiny"]

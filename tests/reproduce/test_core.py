@@ -10,6 +10,7 @@ import pytest
 
 from promptclimb.reproduce.catalogue import ReproduceError, discover
 from promptclimb.reproduce.cells import Cell, ResultsStore
+from promptclimb.reproduce.local_services import model_slug
 from promptclimb.reproduce.profiles import PROFILES
 from promptclimb.reproduce.tables import results_rows, transfer_rows, write_tables
 from services.scorer.datasets import load_coop
@@ -107,6 +108,9 @@ def test_request_ids_are_stable_per_cell_and_differ_between_cells() -> None:
     assert a.request_id() == Cell("paper", 1, "oxford_pets", 1, "RN50").request_id()
     assert a.request_id() != Cell("paper", 1, "oxford_pets", 2, "RN50").request_id()
     assert a.request_id() != a.request_id(1)
+    # The models are part of the key: a coordinator answers a known key with its search, whatever the spec.
+    assert a.request_id(0, ["rn50", "vit-b-16"]) == a.request_id(0, ["rn50", "vit-b-16"])
+    assert a.request_id(0, ["rn50", "vit-b-16"]) != a.request_id(0, ["rn50"]) != a.request_id()
     assert a.dataset_id == "oxford_pets-1shot-seed1"
 
 
@@ -123,12 +127,13 @@ def _search(
 
 
 RECORDS = [
-    _search("oxford_pets", 1, "RN50", 0.80, 0.70, 0.82, 10),
+    {**_search("oxford_pets", 1, "RN50", 0.80, 0.70, 0.82, 10),
+     "transfer": {"ViT-B-16": {"model": "vit-b-16", "found_test": 0.6, "ensemble_test": 0.7,
+                               "plain_template": "a {}.", "plain_test": 0.5}}},
     _search("oxford_pets", 2, "RN50", 0.90, 0.70, 0.84, 10),
     _search("eurosat", 1, "RN50", 0.40, 0.30, 0.42, 20),
     _search("eurosat", 2, "RN50", 0.50, 0.30, 0.44, 20),
-    {"key": "t1", "kind": "transfer", "dataset": "oxford_pets", "seed": 1, "source": "RN50",
-     "target": "ViT-B-16", "found_test": 0.6, "ensemble_test": 0.7},
+    # A transfer record of an earlier version (scored apart from the search) still counts.
     {"key": "t2", "kind": "transfer", "dataset": "oxford_pets", "seed": 2, "source": "RN50",
      "target": "ViT-B-16", "found_test": 0.8, "ensemble_test": 0.9},
 ]  # fmt: skip
@@ -152,6 +157,8 @@ def test_transfer_rows_hold_the_diagonal_and_the_other_backbone() -> None:
     assert got[("RN50", "RN50", "oxford_pets")]["found_mean"] == pytest.approx(0.85)
     assert got[("RN50", "ViT-B-16", "oxford_pets")]["found_mean"] == pytest.approx(0.7)
     assert got[("RN50", "ViT-B-16", "oxford_pets")]["ensemble_std"] == pytest.approx(0.1)
+    assert got[("RN50", "ViT-B-16", "oxford_pets")]["seeds"] == 2
+    assert ("RN50", "ViT-B-16", "eurosat") not in got  # no transfer recorded for it
     assert ("ViT-B-16", "RN50", "oxford_pets") not in got  # nothing was found with ViT-B-16
 
 
@@ -175,3 +182,13 @@ def test_write_tables_writes_csv_and_markdown(tmp_path: Path) -> None:
         ("eurosat", "2"),
     ]
     assert cells[0]["ensemble_templates"] == "a {}.|the {}."
+
+
+def test_started_scorers_serve_each_backbone_under_a_model_id_the_coordinator_accepts() -> None:
+    assert [model_slug(b) for b in ("RN50", "ViT-B/16", "ViT-L-14@336px")] == [
+        "rn50",
+        "vit-b-16",
+        "vit-l-14-336px",
+    ]
+    with pytest.raises(ReproduceError, match="gives no valid model id"):
+        model_slug("//")
