@@ -14,7 +14,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -98,6 +98,20 @@ def dataset_not_ready(err: grpc.aio.AioRpcError) -> bool:
     return resource is not None and resource[0] == "dataset"
 
 
+@dataclass(frozen=True)
+class DescriptionScore:
+    """What the scorer said about one description set (EvaluateDescriptions) on one split."""
+
+    name: str
+    accuracy: float = 0.0
+    correct: int = 0
+    total: int = 0
+    error: str | None = None  # set when the scorer rejected this set
+    loss: float = 0.0
+    per_class_accuracy: tuple[float, ...] = ()  # in the dataset's class order, when asked
+    confusions: tuple[tuple[str, str, int], ...] = ()  # (true, predicted, count), when asked
+
+
 class GrpcScorer:
     """The :class:`~services.coordinator.search.TemplateScorer` port over ScorerService."""
 
@@ -179,6 +193,70 @@ class GrpcScorer:
             metrics.EVALUATIONS.inc(len(scores))
             await on_chunk(scores)
             return scores
+
+        results = await asyncio.gather(*(one(c) for c in chunks))
+        return [s for chunk in results for s in chunk]
+
+    async def evaluate_descriptions(
+        self,
+        dataset: str,
+        split: str,
+        sets: Mapping[str, Mapping[str, Sequence[str]]],
+        *,
+        template: str = "",
+        per_class: bool = False,
+        top_confusions: int = 0,
+    ) -> list[DescriptionScore]:
+        """Score description sets (name -> class name -> texts), in request order.
+
+        Requests hold at most ``chunk_size`` templates' worth of texts (one text per class each),
+        sent concurrently; a set the scorer rejects comes back with its ``error``.
+        """
+        messages = [
+            scorer_pb2.DescriptionSet(
+                name=name,
+                classes=[common_pb2.ClassDescriptions(class_name=c, texts=list(t)) for c, t in texts.items()],
+                template=template,
+            )
+            for name, texts in sets.items()
+        ]
+        chunks: list[list[scorer_pb2.DescriptionSet]] = []
+        size = 0
+        for m in messages:
+            cost = max(1, -(-sum(len(c.texts) for c in m.classes) // max(1, len(m.classes))))
+            if not chunks or size + cost > self.chunk_size:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(m)
+            size += cost
+
+        async def one(chunk: list[scorer_pb2.DescriptionSet]) -> list[DescriptionScore]:
+            async with self._chunks:
+                request = scorer_pb2.EvaluateDescriptionsRequest(
+                    dataset=dataset,
+                    split=split,
+                    sets=chunk,
+                    per_class=per_class,
+                    top_confusions=top_confusions,
+                )
+                reply = await self.retry.call(
+                    "scorer EvaluateDescriptions",
+                    lambda: self.stub.EvaluateDescriptions(request, timeout=self.deadline),
+                )
+            metrics.EVALUATIONS.inc(len(reply.scores))
+            return [
+                DescriptionScore(
+                    s.name,
+                    s.accuracy,
+                    s.correct,
+                    s.total,
+                    s.error.message or "rejected" if s.HasField("error") and s.error.code else None,
+                    s.loss,
+                    tuple(s.per_class_accuracy),
+                    tuple((c.true_class, c.predicted_class, c.count) for c in s.confusions),
+                )
+                for s in reply.scores
+            ]
 
         results = await asyncio.gather(*(one(c) for c in chunks))
         return [s for chunk in results for s in chunk]

@@ -20,11 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from promptclimb.common.per_image import pack_correct, pack_loss
 from services.scorer import metrics
 from services.scorer.batching import Batcher
 from services.scorer.clip import ClipModel, common_prefix_lengths, length_buckets
 from services.scorer.datasets import DatasetSpec, FewShotSet, FileDigests, Split
+from services.scorer.descriptions import (
+    MAX_TOP_CONFUSIONS,
+    DescriptionJob,
+    DescriptionSet,
+    make_job,
+    score_job,
+)
 from services.scorer.errors import (
     BadRequest,
     DatasetConflict,
@@ -36,6 +42,7 @@ from services.scorer.errors import (
     UnknownSplit,
 )
 from services.scorer.features import FeatureCache, FeaturesSource, Stopped, load_or_compute
+from services.scorer.heads import score_heads
 from services.scorer.results import Evaluation, ModelInfo, TemplateResult
 from services.scorer.settings import ScorerSettings
 from services.scorer.templates import FilledTemplate, TemplateRejected, fill_all
@@ -79,7 +86,7 @@ class ScoringEngine:
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
         self.cache = TextEmbeddingCache(settings.text_cache_size)
-        self.batcher: Batcher[_Job, Evaluation] = Batcher(
+        self.batcher: Batcher[_Job | DescriptionJob, Evaluation] = Batcher(
             self._compute,
             max_queue_templates=settings.max_queue_templates,
             max_batch_templates=settings.max_batch_templates,
@@ -292,15 +299,36 @@ class ScoringEngine:
         """Score the ensemble of ``templates``; any invalid template rejects the request."""
         return await self._submit(dataset, split, templates, per_class, ensemble=True)
 
-    async def _submit(
+    async def evaluate_descriptions(
         self,
         dataset_id: str,
         split: str,
-        templates: Sequence[str],
-        per_class: bool,
-        ensemble: bool,
-        per_image: bool = False,
+        sets: Sequence[DescriptionSet],
+        per_class: bool = False,
+        top_confusions: int = 0,
     ) -> Evaluation:
+        """Score each description set (:mod:`services.scorer.descriptions`); an invalid set gets its
+        own error. ``top_confusions``: that many of each set's most frequent confusions."""
+        dataset = self._target(dataset_id, split)
+        limit = self.settings.max_templates_per_request
+        if not sets:
+            raise BadRequest("sets must not be empty", "sets")
+        if len(sets) > limit:
+            raise BadRequest(f"{len(sets)} sets exceed the limit of {limit} per request", "sets")
+        texts, text_limit = sum(s.num_raw_texts for s in sets), limit * len(dataset.class_names)
+        if texts > text_limit:
+            raise BadRequest(
+                f"{texts} texts exceed the limit of {text_limit} per request "
+                f"(max_templates_per_request x {len(dataset.class_names)} classes)",
+                "sets",
+            )
+        if not 0 <= top_confusions <= MAX_TOP_CONFUSIONS:
+            raise BadRequest(f"top_confusions must be between 0 and {MAX_TOP_CONFUSIONS}", "top_confusions")
+        job = make_job(dataset, split, sets, per_class, top_confusions)
+        return await self.batcher.submit(job, job.size)
+
+    def _target(self, dataset_id: str, split: str) -> FewShotSet:
+        """The ready dataset a request names, or the error that says why not."""
         if self.model is None:
             raise NotReady("the scorer is still loading its model and image features")
         dataset = self.datasets.get(dataset_id)
@@ -314,6 +342,18 @@ class ScoringEngine:
             raise DatasetNotReady(dataset_id, dataset.images_done, dataset.images_total)
         if split not in dataset.splits:
             raise UnknownSplit(dataset_id, split, sorted(dataset.splits))
+        return dataset
+
+    async def _submit(
+        self,
+        dataset_id: str,
+        split: str,
+        templates: Sequence[str],
+        per_class: bool,
+        ensemble: bool,
+        per_image: bool = False,
+    ) -> Evaluation:
+        dataset = self._target(dataset_id, split)
         if not templates:
             raise BadRequest("templates must not be empty", "templates")
         limit = self.settings.max_templates_per_request
@@ -407,18 +447,25 @@ class ScoringEngine:
         assert self.model is not None
         return 512 if self.model.device.type == "cpu" else 2048
 
-    def _compute(self, batch: list[_Job]) -> list[Evaluation]:
+    def _compute(self, batch: list[_Job | DescriptionJob]) -> list[Evaluation]:
         import torch
 
         start = time.perf_counter()
         assert self.model is not None
         scale = self.model.logit_scale
-        groups = [f.texts for job in batch for f in job.filled if not isinstance(f, str)]
+        groups: list[Sequence[str]] = []
+        for job in batch:
+            if isinstance(job, DescriptionJob):
+                groups += job.groups()
+            else:
+                groups += [f.texts for f in job.filled if not isinstance(f, str)]
         embs, too_long = self._embed(groups)
         out = []
         for job in batch:
             feats, labels = self._features[(job.dataset.id, job.split)]
-            num_classes = len(job.dataset.class_names)
+            if isinstance(job, DescriptionJob):
+                out.append(score_job(job, embs, too_long, feats, labels, scale))
+                continue
             results: list[TemplateResult] = []
             weights: list[Any] = []
             scored: list[int] = []
@@ -452,34 +499,15 @@ class ScoringEngine:
                 mean = torch.nn.functional.normalize(torch.stack(weights).mean(dim=0), dim=-1)
                 weights, scored = [mean], [0]
                 results = [TemplateResult("")]
-            # (T, C, D) x (N, D) -> predictions (T, N); chunked to bound the logits' memory.
-            n = feats.shape[0]
-            chunk = max(1, int(2**26 // max(1, n * num_classes)))
-            for s in range(0, len(weights), chunk):
-                w = torch.stack(weights[s : s + chunk])
-                logits = torch.einsum("nd,tcd->tnc", feats, w)
-                hit = logits.argmax(dim=-1) == labels
-                correct = hit.sum(dim=1).tolist()
-                log_probs = torch.log_softmax(logits.mul_(scale), dim=-1)
-                nll = -log_probs.gather(-1, labels.expand(len(w), -1)[..., None])  # (T, N, 1)
-                losses = nll.mean(dim=(1, 2))
-                per_class = None
-                if job.per_class:
-                    totals = torch.bincount(labels, minlength=num_classes).clamp(min=1)
-                    per_class = [
-                        (torch.bincount(labels[h], minlength=num_classes) / totals).tolist() for h in hit
-                    ]
-                if job.per_image:  # one device-to-host copy per chunk
-                    hit_host, nll_host = hit.cpu().numpy(), nll[..., 0].float().cpu().numpy()
-                for k, ci in enumerate(scored[s : s + chunk]):
-                    r = results[ci]
-                    r.correct, r.total = int(correct[k]), n
-                    r.loss = float(losses[k])
-                    if per_class is not None:
-                        r.per_class_accuracy = [float(x) for x in per_class[k]]
-                    if job.per_image:
-                        r.per_image_correct = pack_correct(hit_host[k])
-                        r.per_image_loss = pack_loss(nll_host[k])
+            score_heads(
+                feats,
+                labels,
+                weights,
+                [results[i] for i in scored],
+                scale,
+                per_class=job.per_class,
+                per_image=job.per_image,
+            )
             out.append(Evaluation(results, list(job.dataset.class_names), 0.0))
         seconds = time.perf_counter() - start
         size = sum(job.size for job in batch)

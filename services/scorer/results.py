@@ -21,6 +21,11 @@ class TemplateResult:
     # promptclimb.common.per_image describes (empty when not asked).
     per_image_correct: bytes = b""
     per_image_loss: bytes = b""
+    # On request: the most frequent (true class, predicted class, count) among wrong predictions,
+    # class indices in the dataset's order (services.scorer.heads.confusions).
+    confusions: list[tuple[int, int, int]] = field(default_factory=list)
+    # Distinct texts the head was built from (description sets; 0 for a template).
+    num_texts: int = 0
 
     @property
     def accuracy(self) -> float:

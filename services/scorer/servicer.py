@@ -9,9 +9,10 @@ from typing import TypeVar
 
 import grpc
 
-from promptclimb.api.v1 import scorer_pb2, scorer_pb2_grpc
+from promptclimb.api.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
 from promptclimb.common.errors import ServiceError, abort, invalid_argument, not_found
 from services.scorer.datasets import DatasetError, DatasetSpec, FewShotSet
+from services.scorer.descriptions import DescriptionSet
 from services.scorer.engine import ScoringEngine
 from services.scorer.errors import (
     BadRequest,
@@ -87,6 +88,34 @@ def _score(r: TemplateResult) -> scorer_pb2.TemplateScore:
         msg.error.code = _INVALID_ARGUMENT
         msg.error.message = r.error
     return msg
+
+
+def _set_score(r: TemplateResult, class_names: Sequence[str]) -> scorer_pb2.DescriptionSetScore:
+    msg = scorer_pb2.DescriptionSetScore(
+        name=r.template,
+        accuracy=r.accuracy,
+        correct=r.correct,
+        total=r.total,
+        per_class_accuracy=r.per_class_accuracy,
+        loss=r.loss,
+        confusions=[
+            common_pb2.Confusion(true_class=class_names[t], predicted_class=class_names[p], count=n)
+            for t, p, n in r.confusions
+        ],
+        num_texts=r.num_texts,
+    )
+    if r.error is not None:
+        msg.error.code = _INVALID_ARGUMENT
+        msg.error.message = r.error
+    return msg
+
+
+def description_sets(request: scorer_pb2.EvaluateDescriptionsRequest) -> list[DescriptionSet]:
+    """The domain sets of an EvaluateDescriptions request."""
+    return [
+        DescriptionSet(s.name, tuple((c.class_name, tuple(c.texts)) for c in s.classes), s.template)
+        for s in request.sets
+    ]
 
 
 def dataset_message(d: FewShotSet) -> scorer_pb2.Dataset:
@@ -195,6 +224,26 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         )
         return scorer_pb2.EvaluateEnsembleResponse(
             score=_score(result.scores[0]), class_names=result.class_names
+        )
+
+    async def EvaluateDescriptions(
+        self, request: scorer_pb2.EvaluateDescriptionsRequest, context: grpc.aio.ServicerContext
+    ) -> scorer_pb2.EvaluateDescriptionsResponse:
+        """Score each description set."""
+        result = await self._call(
+            context,
+            lambda: self.engine.evaluate_descriptions(
+                request.dataset,
+                request.split,
+                description_sets(request),
+                request.per_class,
+                request.top_confusions,
+            ),
+        )
+        return scorer_pb2.EvaluateDescriptionsResponse(
+            scores=[_set_score(s, result.class_names) for s in result.scores],
+            class_names=result.class_names,
+            compute_seconds=result.compute_seconds,
         )
 
     async def ListDatasets(

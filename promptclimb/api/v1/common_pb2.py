@@ -24,19 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpromptclimb/api/v1/common.proto\x12\x12promptclimb.api.v1\"\xa4\x01\n\x0eScoredTemplate\x12\x10\n\x08template\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x0f\n\x07restart\x18\x05 \x01(\x05\x12\x11\n\titeration\x18\x06 \x01(\x05\x12\x0e\n\x06origin\x18\x07 \x01(\t\x12\x11\n\x04loss\x18\x08 \x01(\x01H\x00\x88\x01\x01\x42\x07\n\x05_loss\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"s\n\x05Usage\x12\x11\n\tllm_calls\x18\x01 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x03\x12\x13\n\x0b\x65valuations\x18\x04 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\x01*\xae\x01\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x19\n\x15STRATEGY_CONVERSATION\x10\x01\x12\x15\n\x11STRATEGY_CONTRAST\x10\x02\x12\x17\n\x13STRATEGY_TRAJECTORY\x10\x03\x12\x11\n\rSTRATEGY_EDIT\x10\x04\x12\x13\n\x0fSTRATEGY_EVOLVE\x10\x05\x12\x15\n\x11STRATEGY_RELEASED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpromptclimb/api/v1/common.proto\x12\x12promptclimb.api.v1\"\xa4\x01\n\x0eScoredTemplate\x12\x10\n\x08template\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x0f\n\x07restart\x18\x05 \x01(\x05\x12\x11\n\titeration\x18\x06 \x01(\x05\x12\x0e\n\x06origin\x18\x07 \x01(\t\x12\x11\n\x04loss\x18\x08 \x01(\x01H\x00\x88\x01\x01\x42\x07\n\x05_loss\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"s\n\x05Usage\x12\x11\n\tllm_calls\x18\x01 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x03\x12\x13\n\x0b\x65valuations\x18\x04 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\x01\"6\n\x11\x43lassDescriptions\x12\x12\n\nclass_name\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\"G\n\tConfusion\x12\x12\n\ntrue_class\x18\x01 \x01(\t\x12\x17\n\x0fpredicted_class\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03*\xae\x01\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x19\n\x15STRATEGY_CONVERSATION\x10\x01\x12\x15\n\x11STRATEGY_CONTRAST\x10\x02\x12\x17\n\x13STRATEGY_TRAJECTORY\x10\x03\x12\x11\n\rSTRATEGY_EDIT\x10\x04\x12\x13\n\x0fSTRATEGY_EVOLVE\x10\x05\x12\x15\n\x11STRATEGY_RELEASED\x10\x06*\x7f\n\x13\x44\x65scriptionStrategy\x12$\n DESCRIPTION_STRATEGY_UNSPECIFIED\x10\x00\x12!\n\x1d\x44\x45SCRIPTION_STRATEGY_DESCRIBE\x10\x01\x12\x1f\n\x1b\x44\x45SCRIPTION_STRATEGY_REFINE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'promptclimb.api.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STRATEGY']._serialized_start=386
-  _globals['_STRATEGY']._serialized_end=560
+  _globals['_STRATEGY']._serialized_start=515
+  _globals['_STRATEGY']._serialized_end=689
+  _globals['_DESCRIPTIONSTRATEGY']._serialized_start=691
+  _globals['_DESCRIPTIONSTRATEGY']._serialized_end=818
   _globals['_SCOREDTEMPLATE']._serialized_start=56
   _globals['_SCOREDTEMPLATE']._serialized_end=220
   _globals['_CHATMESSAGE']._serialized_start=222
   _globals['_CHATMESSAGE']._serialized_end=266
   _globals['_USAGE']._serialized_start=268
   _globals['_USAGE']._serialized_end=383
+  _globals['_CLASSDESCRIPTIONS']._serialized_start=385
+  _globals['_CLASSDESCRIPTIONS']._serialized_end=439
+  _globals['_CONFUSION']._serialized_start=441
+  _globals['_CONFUSION']._serialized_end=512
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
 from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -14,6 +16,12 @@ class Strategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STRATEGY_EDIT: _ClassVar[Strategy]
     STRATEGY_EVOLVE: _ClassVar[Strategy]
     STRATEGY_RELEASED: _ClassVar[Strategy]
+
+class DescriptionStrategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DESCRIPTION_STRATEGY_UNSPECIFIED: _ClassVar[DescriptionStrategy]
+    DESCRIPTION_STRATEGY_DESCRIBE: _ClassVar[DescriptionStrategy]
+    DESCRIPTION_STRATEGY_REFINE: _ClassVar[DescriptionStrategy]
 STRATEGY_UNSPECIFIED: Strategy
 STRATEGY_CONVERSATION: Strategy
 STRATEGY_CONTRAST: Strategy
@@ -21,6 +29,9 @@ STRATEGY_TRAJECTORY: Strategy
 STRATEGY_EDIT: Strategy
 STRATEGY_EVOLVE: Strategy
 STRATEGY_RELEASED: Strategy
+DESCRIPTION_STRATEGY_UNSPECIFIED: DescriptionStrategy
+DESCRIPTION_STRATEGY_DESCRIBE: DescriptionStrategy
+DESCRIPTION_STRATEGY_REFINE: DescriptionStrategy
 
 class ScoredTemplate(_message.Message):
     __slots__ = ("template", "accuracy", "correct", "total", "restart", "iteration", "origin", "loss")
@@ -63,3 +74,21 @@ class Usage(_message.Message):
     evaluations: int
     cost_usd: float
     def __init__(self, llm_calls: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., evaluations: _Optional[int] = ..., cost_usd: _Optional[float] = ...) -> None: ...
+
+class ClassDescriptions(_message.Message):
+    __slots__ = ("class_name", "texts")
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    class_name: str
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, class_name: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Confusion(_message.Message):
+    __slots__ = ("true_class", "predicted_class", "count")
+    TRUE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_CLASS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    true_class: str
+    predicted_class: str
+    count: int
+    def __init__(self, true_class: _Optional[str] = ..., predicted_class: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...

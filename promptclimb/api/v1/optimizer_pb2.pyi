@@ -56,3 +56,57 @@ class ProposePromptsResponse(_message.Message):
     latency_seconds: float
     structured: bool
     def __init__(self, templates: _Optional[_Iterable[str]] = ..., rejected: _Optional[_Iterable[_Union[RejectedCandidate, _Mapping]]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., conversation: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., model: _Optional[str] = ..., latency_seconds: _Optional[float] = ..., structured: _Optional[bool] = ...) -> None: ...
+
+class ScoredClass(_message.Message):
+    __slots__ = ("class_name", "descriptions", "accuracy")
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    class_name: str
+    descriptions: _containers.RepeatedScalarFieldContainer[str]
+    accuracy: float
+    def __init__(self, class_name: _Optional[str] = ..., descriptions: _Optional[_Iterable[str]] = ..., accuracy: _Optional[float] = ...) -> None: ...
+
+class ProposeDescriptionsRequest(_message.Message):
+    __slots__ = ("task_description", "strategy", "class_names", "descriptions_per_class", "scored", "confusions", "weakest_k", "max_classes_per_call", "max_llm_calls", "temperature", "seed")
+    TASK_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTIONS_PER_CLASS_FIELD_NUMBER: _ClassVar[int]
+    SCORED_FIELD_NUMBER: _ClassVar[int]
+    CONFUSIONS_FIELD_NUMBER: _ClassVar[int]
+    WEAKEST_K_FIELD_NUMBER: _ClassVar[int]
+    MAX_CLASSES_PER_CALL_FIELD_NUMBER: _ClassVar[int]
+    MAX_LLM_CALLS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    task_description: str
+    strategy: _common_pb2.DescriptionStrategy
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    descriptions_per_class: int
+    scored: _containers.RepeatedCompositeFieldContainer[ScoredClass]
+    confusions: _containers.RepeatedCompositeFieldContainer[_common_pb2.Confusion]
+    weakest_k: int
+    max_classes_per_call: int
+    max_llm_calls: int
+    temperature: float
+    seed: int
+    def __init__(self, task_description: _Optional[str] = ..., strategy: _Optional[_Union[_common_pb2.DescriptionStrategy, str]] = ..., class_names: _Optional[_Iterable[str]] = ..., descriptions_per_class: _Optional[int] = ..., scored: _Optional[_Iterable[_Union[ScoredClass, _Mapping]]] = ..., confusions: _Optional[_Iterable[_Union[_common_pb2.Confusion, _Mapping]]] = ..., weakest_k: _Optional[int] = ..., max_classes_per_call: _Optional[int] = ..., max_llm_calls: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class ProposeDescriptionsResponse(_message.Message):
+    __slots__ = ("descriptions", "missing", "rejected", "usage", "model", "latency_seconds", "structured")
+    DESCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURED_FIELD_NUMBER: _ClassVar[int]
+    descriptions: _containers.RepeatedCompositeFieldContainer[_common_pb2.ClassDescriptions]
+    missing: _containers.RepeatedScalarFieldContainer[str]
+    rejected: _containers.RepeatedCompositeFieldContainer[RejectedCandidate]
+    usage: _common_pb2.Usage
+    model: str
+    latency_seconds: float
+    structured: bool
+    def __init__(self, descriptions: _Optional[_Iterable[_Union[_common_pb2.ClassDescriptions, _Mapping]]] = ..., missing: _Optional[_Iterable[str]] = ..., rejected: _Optional[_Iterable[_Union[RejectedCandidate, _Mapping]]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ..., latency_seconds: _Optional[float] = ..., structured: _Optional[bool] = ...) -> None: ...

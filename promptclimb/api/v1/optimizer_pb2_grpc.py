@@ -40,6 +40,11 @@ class OptimizerServiceStub:
                 request_serializer=promptclimb_dot_api_dot_v1_dot_optimizer__pb2.ProposePromptsRequest.SerializeToString,
                 response_deserializer=promptclimb_dot_api_dot_v1_dot_optimizer__pb2.ProposePromptsResponse.FromString,
                 _registered_method=True)
+        self.ProposeDescriptions = channel.unary_unary(
+                '/promptclimb.api.v1.OptimizerService/ProposeDescriptions',
+                request_serializer=promptclimb_dot_api_dot_v1_dot_optimizer__pb2.ProposeDescriptionsRequest.SerializeToString,
+                response_deserializer=promptclimb_dot_api_dot_v1_dot_optimizer__pb2.ProposeDescriptionsResponse.FromString,
+                _registered_method=True)
 
 
 class OptimizerServiceServicer:
@@ -52,6 +57,15 @@ class OptimizerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProposeDescriptions(self, request, context):
+        """Asks the LLM for short visual descriptions per class (several classes per call, within the
+        endpoint's context window; classes a reply left out are asked again), or rewrites the
+        descriptions of the weakest classes from their accuracy and confusions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +73,11 @@ def add_OptimizerServiceServicer_to_server(servicer, server):
                     servicer.ProposePrompts,
                     request_deserializer=promptclimb_dot_api_dot_v1_dot_optimizer__pb2.ProposePromptsRequest.FromString,
                     response_serializer=promptclimb_dot_api_dot_v1_dot_optimizer__pb2.ProposePromptsResponse.SerializeToString,
+            ),
+            'ProposeDescriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProposeDescriptions,
+                    request_deserializer=promptclimb_dot_api_dot_v1_dot_optimizer__pb2.ProposeDescriptionsRequest.FromString,
+                    response_serializer=promptclimb_dot_api_dot_v1_dot_optimizer__pb2.ProposeDescriptionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +108,33 @@ class OptimizerService:
             '/promptclimb.api.v1.OptimizerService/ProposePrompts',
             promptclimb_dot_api_dot_v1_dot_optimizer__pb2.ProposePromptsRequest.SerializeToString,
             promptclimb_dot_api_dot_v1_dot_optimizer__pb2.ProposePromptsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProposeDescriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptclimb.api.v1.OptimizerService/ProposeDescriptions',
+            promptclimb_dot_api_dot_v1_dot_optimizer__pb2.ProposeDescriptionsRequest.SerializeToString,
+            promptclimb_dot_api_dot_v1_dot_optimizer__pb2.ProposeDescriptionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,51 +22,60 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from promptclimb.api.v1 import common_pb2 as promptclimb_dot_api_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpromptclimb/api/v1/scorer.proto\x12\x12promptclimb.api.v1\"q\n\x16\x45valuatePromptsRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05split\x18\x02 \x01(\t\x12\x11\n\ttemplates\x18\x03 \x03(\t\x12\x11\n\tper_class\x18\x04 \x01(\x08\x12\x11\n\tper_image\x18\x05 \x01(\x08\".\n\rTemplateError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xe2\x01\n\rTemplateScore\x12\x10\n\x08template\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x1a\n\x12per_class_accuracy\x18\x05 \x03(\x01\x12\x30\n\x05\x65rror\x18\x06 \x01(\x0b\x32!.promptclimb.api.v1.TemplateError\x12\x0c\n\x04loss\x18\x07 \x01(\x01\x12\x19\n\x11per_image_correct\x18\x08 \x01(\x0c\x12\x16\n\x0eper_image_loss\x18\t \x01(\x0c\"z\n\x17\x45valuatePromptsResponse\x12\x31\n\x06scores\x18\x01 \x03(\x0b\x32!.promptclimb.api.v1.TemplateScore\x12\x13\n\x0b\x63lass_names\x18\x02 \x03(\t\x12\x17\n\x0f\x63ompute_seconds\x18\x03 \x01(\x01\"_\n\x17\x45valuateEnsembleRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05split\x18\x02 \x01(\t\x12\x11\n\ttemplates\x18\x03 \x03(\t\x12\x11\n\tper_class\x18\x04 \x01(\x08\"a\n\x18\x45valuateEnsembleResponse\x12\x30\n\x05score\x18\x01 \x01(\x0b\x32!.promptclimb.api.v1.TemplateScore\x12\x13\n\x0b\x63lass_names\x18\x02 \x03(\t\"\x15\n\x13ListDatasetsRequest\"\x7f\n\tSplitInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nnum_images\x18\x02 \x01(\x03\x12;\n\x0f\x66\x65\x61tures_source\x18\x03 \x01(\x0e\x32\".promptclimb.api.v1.FeaturesSource\x12\x13\n\x0b\x63\x61\x63he_error\x18\x04 \x01(\t\"\xb2\x01\n\x07\x44\x61taset\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x02 \x03(\t\x12-\n\x06splits\x18\x03 \x03(\x0b\x32\x1d.promptclimb.api.v1.SplitInfo\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\x13\n\x0bimages_done\x18\x06 \x01(\x03\x12\x14\n\x0cimages_total\x18\x07 \x01(\x03\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"E\n\x14ListDatasetsResponse\x12-\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x1b.promptclimb.api.v1.Dataset\"!\n\x11ImageFolderSource\x12\x0c\n\x04path\x18\x01 \x01(\t\"Q\n\nCoopSource\x12\x12\n\nsplit_json\x18\x01 \x01(\t\x12\x12\n\nimage_root\x18\x02 \x01(\t\x12\r\n\x05shots\x18\x03 \x01(\x05\x12\x0c\n\x04seed\x18\x04 \x01(\x05\"\x1b\n\x0b\x41rraySource\x12\x0c\n\x04path\x18\x01 \x01(\t\"\xcf\x01\n\x16RegisterDatasetRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12=\n\x0cimage_folder\x18\x02 \x01(\x0b\x32%.promptclimb.api.v1.ImageFolderSourceH\x00\x12.\n\x04\x63oop\x18\x03 \x01(\x0b\x32\x1e.promptclimb.api.v1.CoopSourceH\x00\x12\x30\n\x05\x61rray\x18\x04 \x01(\x0b\x32\x1f.promptclimb.api.v1.ArraySourceH\x00\x42\x08\n\x06source\"G\n\x17RegisterDatasetResponse\x12,\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1b.promptclimb.api.v1.Dataset\"\x15\n\x13GetModelInfoRequest\"\xe0\x01\n\x14GetModelInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\npretrained\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x11\n\tprecision\x18\x04 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x05 \x01(\x05\x12\x11\n\tembed_dim\x18\x06 \x01(\x05\x12\x1d\n\x15text_truncation_exact\x18\x07 \x01(\x08\x12!\n\x19max_templates_per_request\x18\x08 \x01(\x05\x12\x10\n\x08model_id\x18\t \x01(\t*\x88\x01\n\x0e\x46\x65\x61turesSource\x12\x1f\n\x1b\x46\x45\x41TURES_SOURCE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x45\x41TURES_SOURCE_COMPUTED\x10\x01\x12\x19\n\x15\x46\x45\x41TURES_SOURCE_CACHE\x10\x02\x12\x1c\n\x18\x46\x45\x41TURES_SOURCE_PROVIDED\x10\x03\x32\x9c\x04\n\rScorerService\x12j\n\x0f\x45valuatePrompts\x12*.promptclimb.api.v1.EvaluatePromptsRequest\x1a+.promptclimb.api.v1.EvaluatePromptsResponse\x12m\n\x10\x45valuateEnsemble\x12+.promptclimb.api.v1.EvaluateEnsembleRequest\x1a,.promptclimb.api.v1.EvaluateEnsembleResponse\x12\x61\n\x0cListDatasets\x12\'.promptclimb.api.v1.ListDatasetsRequest\x1a(.promptclimb.api.v1.ListDatasetsResponse\x12j\n\x0fRegisterDataset\x12*.promptclimb.api.v1.RegisterDatasetRequest\x1a+.promptclimb.api.v1.RegisterDatasetResponse\x12\x61\n\x0cGetModelInfo\x12\'.promptclimb.api.v1.GetModelInfoRequest\x1a(.promptclimb.api.v1.GetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpromptclimb/api/v1/scorer.proto\x12\x12promptclimb.api.v1\x1a\x1fpromptclimb/api/v1/common.proto\"q\n\x16\x45valuatePromptsRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05split\x18\x02 \x01(\t\x12\x11\n\ttemplates\x18\x03 \x03(\t\x12\x11\n\tper_class\x18\x04 \x01(\x08\x12\x11\n\tper_image\x18\x05 \x01(\x08\".\n\rTemplateError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xe2\x01\n\rTemplateScore\x12\x10\n\x08template\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x1a\n\x12per_class_accuracy\x18\x05 \x03(\x01\x12\x30\n\x05\x65rror\x18\x06 \x01(\x0b\x32!.promptclimb.api.v1.TemplateError\x12\x0c\n\x04loss\x18\x07 \x01(\x01\x12\x19\n\x11per_image_correct\x18\x08 \x01(\x0c\x12\x16\n\x0eper_image_loss\x18\t \x01(\x0c\"z\n\x17\x45valuatePromptsResponse\x12\x31\n\x06scores\x18\x01 \x03(\x0b\x32!.promptclimb.api.v1.TemplateScore\x12\x13\n\x0b\x63lass_names\x18\x02 \x03(\t\x12\x17\n\x0f\x63ompute_seconds\x18\x03 \x01(\x01\"_\n\x17\x45valuateEnsembleRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05split\x18\x02 \x01(\t\x12\x11\n\ttemplates\x18\x03 \x03(\t\x12\x11\n\tper_class\x18\x04 \x01(\x08\"a\n\x18\x45valuateEnsembleResponse\x12\x30\n\x05score\x18\x01 \x01(\x0b\x32!.promptclimb.api.v1.TemplateScore\x12\x13\n\x0b\x63lass_names\x18\x02 \x03(\t\"\x15\n\x13ListDatasetsRequest\"\x7f\n\tSplitInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nnum_images\x18\x02 \x01(\x03\x12;\n\x0f\x66\x65\x61tures_source\x18\x03 \x01(\x0e\x32\".promptclimb.api.v1.FeaturesSource\x12\x13\n\x0b\x63\x61\x63he_error\x18\x04 \x01(\t\"\xb2\x01\n\x07\x44\x61taset\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x02 \x03(\t\x12-\n\x06splits\x18\x03 \x03(\x0b\x32\x1d.promptclimb.api.v1.SplitInfo\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\x13\n\x0bimages_done\x18\x06 \x01(\x03\x12\x14\n\x0cimages_total\x18\x07 \x01(\x03\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"E\n\x14ListDatasetsResponse\x12-\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x1b.promptclimb.api.v1.Dataset\"!\n\x11ImageFolderSource\x12\x0c\n\x04path\x18\x01 \x01(\t\"Q\n\nCoopSource\x12\x12\n\nsplit_json\x18\x01 \x01(\t\x12\x12\n\nimage_root\x18\x02 \x01(\t\x12\r\n\x05shots\x18\x03 \x01(\x05\x12\x0c\n\x04seed\x18\x04 \x01(\x05\"\x1b\n\x0b\x41rraySource\x12\x0c\n\x04path\x18\x01 \x01(\t\"\xcf\x01\n\x16RegisterDatasetRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12=\n\x0cimage_folder\x18\x02 \x01(\x0b\x32%.promptclimb.api.v1.ImageFolderSourceH\x00\x12.\n\x04\x63oop\x18\x03 \x01(\x0b\x32\x1e.promptclimb.api.v1.CoopSourceH\x00\x12\x30\n\x05\x61rray\x18\x04 \x01(\x0b\x32\x1f.promptclimb.api.v1.ArraySourceH\x00\x42\x08\n\x06source\"G\n\x17RegisterDatasetResponse\x12,\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1b.promptclimb.api.v1.Dataset\"\x15\n\x13GetModelInfoRequest\"\xe0\x01\n\x14GetModelInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\npretrained\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x11\n\tprecision\x18\x04 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x05 \x01(\x05\x12\x11\n\tembed_dim\x18\x06 \x01(\x05\x12\x1d\n\x15text_truncation_exact\x18\x07 \x01(\x08\x12!\n\x19max_templates_per_request\x18\x08 \x01(\x05\x12\x10\n\x08model_id\x18\t \x01(\t\"h\n\x0e\x44\x65scriptionSet\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x07\x63lasses\x18\x02 \x03(\x0b\x32%.promptclimb.api.v1.ClassDescriptions\x12\x10\n\x08template\x18\x03 \x01(\t\"\x9a\x01\n\x1b\x45valuateDescriptionsRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05split\x18\x02 \x01(\t\x12\x30\n\x04sets\x18\x03 \x03(\x0b\x32\".promptclimb.api.v1.DescriptionSet\x12\x11\n\tper_class\x18\x04 \x01(\x08\x12\x16\n\x0etop_confusions\x18\x05 \x01(\x05\"\xf7\x01\n\x13\x44\x65scriptionSetScore\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x1a\n\x12per_class_accuracy\x18\x05 \x03(\x01\x12\x30\n\x05\x65rror\x18\x06 \x01(\x0b\x32!.promptclimb.api.v1.TemplateError\x12\x0c\n\x04loss\x18\x07 \x01(\x01\x12\x31\n\nconfusions\x18\x08 \x03(\x0b\x32\x1d.promptclimb.api.v1.Confusion\x12\x11\n\tnum_texts\x18\t \x01(\x03\"\x85\x01\n\x1c\x45valuateDescriptionsResponse\x12\x37\n\x06scores\x18\x01 \x03(\x0b\x32\'.promptclimb.api.v1.DescriptionSetScore\x12\x13\n\x0b\x63lass_names\x18\x02 \x03(\t\x12\x17\n\x0f\x63ompute_seconds\x18\x03 \x01(\x01*\x88\x01\n\x0e\x46\x65\x61turesSource\x12\x1f\n\x1b\x46\x45\x41TURES_SOURCE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x45\x41TURES_SOURCE_COMPUTED\x10\x01\x12\x19\n\x15\x46\x45\x41TURES_SOURCE_CACHE\x10\x02\x12\x1c\n\x18\x46\x45\x41TURES_SOURCE_PROVIDED\x10\x03\x32\x97\x05\n\rScorerService\x12j\n\x0f\x45valuatePrompts\x12*.promptclimb.api.v1.EvaluatePromptsRequest\x1a+.promptclimb.api.v1.EvaluatePromptsResponse\x12m\n\x10\x45valuateEnsemble\x12+.promptclimb.api.v1.EvaluateEnsembleRequest\x1a,.promptclimb.api.v1.EvaluateEnsembleResponse\x12\x61\n\x0cListDatasets\x12\'.promptclimb.api.v1.ListDatasetsRequest\x1a(.promptclimb.api.v1.ListDatasetsResponse\x12j\n\x0fRegisterDataset\x12*.promptclimb.api.v1.RegisterDatasetRequest\x1a+.promptclimb.api.v1.RegisterDatasetResponse\x12\x61\n\x0cGetModelInfo\x12\'.promptclimb.api.v1.GetModelInfoRequest\x1a(.promptclimb.api.v1.GetModelInfoResponse\x12y\n\x14\x45valuateDescriptions\x12/.promptclimb.api.v1.EvaluateDescriptionsRequest\x1a\x30.promptclimb.api.v1.EvaluateDescriptionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'promptclimb.api.v1.scorer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FEATURESSOURCE']._serialized_start=1852
-  _globals['_FEATURESSOURCE']._serialized_end=1988
-  _globals['_EVALUATEPROMPTSREQUEST']._serialized_start=55
-  _globals['_EVALUATEPROMPTSREQUEST']._serialized_end=168
-  _globals['_TEMPLATEERROR']._serialized_start=170
-  _globals['_TEMPLATEERROR']._serialized_end=216
-  _globals['_TEMPLATESCORE']._serialized_start=219
-  _globals['_TEMPLATESCORE']._serialized_end=445
-  _globals['_EVALUATEPROMPTSRESPONSE']._serialized_start=447
-  _globals['_EVALUATEPROMPTSRESPONSE']._serialized_end=569
-  _globals['_EVALUATEENSEMBLEREQUEST']._serialized_start=571
-  _globals['_EVALUATEENSEMBLEREQUEST']._serialized_end=666
-  _globals['_EVALUATEENSEMBLERESPONSE']._serialized_start=668
-  _globals['_EVALUATEENSEMBLERESPONSE']._serialized_end=765
-  _globals['_LISTDATASETSREQUEST']._serialized_start=767
-  _globals['_LISTDATASETSREQUEST']._serialized_end=788
-  _globals['_SPLITINFO']._serialized_start=790
-  _globals['_SPLITINFO']._serialized_end=917
-  _globals['_DATASET']._serialized_start=920
-  _globals['_DATASET']._serialized_end=1098
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=1100
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=1169
-  _globals['_IMAGEFOLDERSOURCE']._serialized_start=1171
-  _globals['_IMAGEFOLDERSOURCE']._serialized_end=1204
-  _globals['_COOPSOURCE']._serialized_start=1206
-  _globals['_COOPSOURCE']._serialized_end=1287
-  _globals['_ARRAYSOURCE']._serialized_start=1289
-  _globals['_ARRAYSOURCE']._serialized_end=1316
-  _globals['_REGISTERDATASETREQUEST']._serialized_start=1319
-  _globals['_REGISTERDATASETREQUEST']._serialized_end=1526
-  _globals['_REGISTERDATASETRESPONSE']._serialized_start=1528
-  _globals['_REGISTERDATASETRESPONSE']._serialized_end=1599
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1601
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1622
-  _globals['_GETMODELINFORESPONSE']._serialized_start=1625
-  _globals['_GETMODELINFORESPONSE']._serialized_end=1849
-  _globals['_SCORERSERVICE']._serialized_start=1991
-  _globals['_SCORERSERVICE']._serialized_end=2531
+  _globals['_FEATURESSOURCE']._serialized_start=2534
+  _globals['_FEATURESSOURCE']._serialized_end=2670
+  _globals['_EVALUATEPROMPTSREQUEST']._serialized_start=88
+  _globals['_EVALUATEPROMPTSREQUEST']._serialized_end=201
+  _globals['_TEMPLATEERROR']._serialized_start=203
+  _globals['_TEMPLATEERROR']._serialized_end=249
+  _globals['_TEMPLATESCORE']._serialized_start=252
+  _globals['_TEMPLATESCORE']._serialized_end=478
+  _globals['_EVALUATEPROMPTSRESPONSE']._serialized_start=480
+  _globals['_EVALUATEPROMPTSRESPONSE']._serialized_end=602
+  _globals['_EVALUATEENSEMBLEREQUEST']._serialized_start=604
+  _globals['_EVALUATEENSEMBLEREQUEST']._serialized_end=699
+  _globals['_EVALUATEENSEMBLERESPONSE']._serialized_start=701
+  _globals['_EVALUATEENSEMBLERESPONSE']._serialized_end=798
+  _globals['_LISTDATASETSREQUEST']._serialized_start=800
+  _globals['_LISTDATASETSREQUEST']._serialized_end=821
+  _globals['_SPLITINFO']._serialized_start=823
+  _globals['_SPLITINFO']._serialized_end=950
+  _globals['_DATASET']._serialized_start=953
+  _globals['_DATASET']._serialized_end=1131
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=1133
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=1202
+  _globals['_IMAGEFOLDERSOURCE']._serialized_start=1204
+  _globals['_IMAGEFOLDERSOURCE']._serialized_end=1237
+  _globals['_COOPSOURCE']._serialized_start=1239
+  _globals['_COOPSOURCE']._serialized_end=1320
+  _globals['_ARRAYSOURCE']._serialized_start=1322
+  _globals['_ARRAYSOURCE']._serialized_end=1349
+  _globals['_REGISTERDATASETREQUEST']._serialized_start=1352
+  _globals['_REGISTERDATASETREQUEST']._serialized_end=1559
+  _globals['_REGISTERDATASETRESPONSE']._serialized_start=1561
+  _globals['_REGISTERDATASETRESPONSE']._serialized_end=1632
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1634
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1655
+  _globals['_GETMODELINFORESPONSE']._serialized_start=1658
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1882
+  _globals['_DESCRIPTIONSET']._serialized_start=1884
+  _globals['_DESCRIPTIONSET']._serialized_end=1988
+  _globals['_EVALUATEDESCRIPTIONSREQUEST']._serialized_start=1991
+  _globals['_EVALUATEDESCRIPTIONSREQUEST']._serialized_end=2145
+  _globals['_DESCRIPTIONSETSCORE']._serialized_start=2148
+  _globals['_DESCRIPTIONSETSCORE']._serialized_end=2395
+  _globals['_EVALUATEDESCRIPTIONSRESPONSE']._serialized_start=2398
+  _globals['_EVALUATEDESCRIPTIONSRESPONSE']._serialized_end=2531
+  _globals['_SCORERSERVICE']._serialized_start=2673
+  _globals['_SCORERSERVICE']._serialized_end=3336
 # @@protoc_insertion_point(module_scope)

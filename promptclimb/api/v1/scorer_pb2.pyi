@@ -1,3 +1,4 @@
+from promptclimb.api.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -201,3 +202,59 @@ class GetModelInfoResponse(_message.Message):
     max_templates_per_request: int
     model_id: str
     def __init__(self, model_name: _Optional[str] = ..., pretrained: _Optional[str] = ..., device: _Optional[str] = ..., precision: _Optional[str] = ..., context_length: _Optional[int] = ..., embed_dim: _Optional[int] = ..., text_truncation_exact: _Optional[bool] = ..., max_templates_per_request: _Optional[int] = ..., model_id: _Optional[str] = ...) -> None: ...
+
+class DescriptionSet(_message.Message):
+    __slots__ = ("name", "classes", "template")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    classes: _containers.RepeatedCompositeFieldContainer[_common_pb2.ClassDescriptions]
+    template: str
+    def __init__(self, name: _Optional[str] = ..., classes: _Optional[_Iterable[_Union[_common_pb2.ClassDescriptions, _Mapping]]] = ..., template: _Optional[str] = ...) -> None: ...
+
+class EvaluateDescriptionsRequest(_message.Message):
+    __slots__ = ("dataset", "split", "sets", "per_class", "top_confusions")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    SETS_FIELD_NUMBER: _ClassVar[int]
+    PER_CLASS_FIELD_NUMBER: _ClassVar[int]
+    TOP_CONFUSIONS_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    split: str
+    sets: _containers.RepeatedCompositeFieldContainer[DescriptionSet]
+    per_class: bool
+    top_confusions: int
+    def __init__(self, dataset: _Optional[str] = ..., split: _Optional[str] = ..., sets: _Optional[_Iterable[_Union[DescriptionSet, _Mapping]]] = ..., per_class: _Optional[bool] = ..., top_confusions: _Optional[int] = ...) -> None: ...
+
+class DescriptionSetScore(_message.Message):
+    __slots__ = ("name", "accuracy", "correct", "total", "per_class_accuracy", "error", "loss", "confusions", "num_texts")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PER_CLASS_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    CONFUSIONS_FIELD_NUMBER: _ClassVar[int]
+    NUM_TEXTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    accuracy: float
+    correct: int
+    total: int
+    per_class_accuracy: _containers.RepeatedScalarFieldContainer[float]
+    error: TemplateError
+    loss: float
+    confusions: _containers.RepeatedCompositeFieldContainer[_common_pb2.Confusion]
+    num_texts: int
+    def __init__(self, name: _Optional[str] = ..., accuracy: _Optional[float] = ..., correct: _Optional[int] = ..., total: _Optional[int] = ..., per_class_accuracy: _Optional[_Iterable[float]] = ..., error: _Optional[_Union[TemplateError, _Mapping]] = ..., loss: _Optional[float] = ..., confusions: _Optional[_Iterable[_Union[_common_pb2.Confusion, _Mapping]]] = ..., num_texts: _Optional[int] = ...) -> None: ...
+
+class EvaluateDescriptionsResponse(_message.Message):
+    __slots__ = ("scores", "class_names", "compute_seconds")
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    scores: _containers.RepeatedCompositeFieldContainer[DescriptionSetScore]
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    compute_seconds: float
+    def __init__(self, scores: _Optional[_Iterable[_Union[DescriptionSetScore, _Mapping]]] = ..., class_names: _Optional[_Iterable[str]] = ..., compute_seconds: _Optional[float] = ...) -> None: ...

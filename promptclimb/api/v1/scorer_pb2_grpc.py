@@ -60,6 +60,11 @@ class ScorerServiceStub:
                 request_serializer=promptclimb_dot_api_dot_v1_dot_scorer__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=promptclimb_dot_api_dot_v1_dot_scorer__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
+        self.EvaluateDescriptions = channel.unary_unary(
+                '/promptclimb.api.v1.ScorerService/EvaluateDescriptions',
+                request_serializer=promptclimb_dot_api_dot_v1_dot_scorer__pb2.EvaluateDescriptionsRequest.SerializeToString,
+                response_deserializer=promptclimb_dot_api_dot_v1_dot_scorer__pb2.EvaluateDescriptionsResponse.FromString,
+                _registered_method=True)
 
 
 class ScorerServiceServicer:
@@ -103,6 +108,15 @@ class ScorerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EvaluateDescriptions(self, request, context):
+        """Scores prompt sets in which every class has its own texts (class-specific descriptions): each
+        class's normalised text embeddings are averaged and renormalised, as CLIP's ensembling does.
+        An invalid set gets its own error entry; the others are still scored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScorerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +144,11 @@ def add_ScorerServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=promptclimb_dot_api_dot_v1_dot_scorer__pb2.GetModelInfoRequest.FromString,
                     response_serializer=promptclimb_dot_api_dot_v1_dot_scorer__pb2.GetModelInfoResponse.SerializeToString,
+            ),
+            'EvaluateDescriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateDescriptions,
+                    request_deserializer=promptclimb_dot_api_dot_v1_dot_scorer__pb2.EvaluateDescriptionsRequest.FromString,
+                    response_serializer=promptclimb_dot_api_dot_v1_dot_scorer__pb2.EvaluateDescriptionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +287,33 @@ class ScorerService:
             '/promptclimb.api.v1.ScorerService/GetModelInfo',
             promptclimb_dot_api_dot_v1_dot_scorer__pb2.GetModelInfoRequest.SerializeToString,
             promptclimb_dot_api_dot_v1_dot_scorer__pb2.GetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateDescriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptclimb.api.v1.ScorerService/EvaluateDescriptions',
+            promptclimb_dot_api_dot_v1_dot_scorer__pb2.EvaluateDescriptionsRequest.SerializeToString,
+            promptclimb_dot_api_dot_v1_dot_scorer__pb2.EvaluateDescriptionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
