@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from services.coordinator import metrics
+from services.coordinator import metrics, search_metrics
 from services.coordinator.async_store import AsyncSearchStore
 from services.coordinator.pools import initial_templates
 from services.coordinator.search import (
@@ -407,6 +407,7 @@ class SearchRunner:
             return
         if finished:
             metrics.SEARCHES.labels(outcome.lower()).inc()
+            search_metrics.count_search_end(state, reason)
             try:
                 record = await self.store.get(search_id)
             except Exception as err:  # the outcome is recorded; only the duration metric is missed
