@@ -250,7 +250,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
         self, request: scorer_pb2.ListDatasetsRequest, context: grpc.aio.ServicerContext
     ) -> scorer_pb2.ListDatasetsResponse:
         """Every registered dataset."""
-        datasets = sorted(self.engine.datasets.values(), key=lambda d: d.id)
+        # list() copies the registry in one step: a registration thread may add to it meanwhile.
+        datasets = sorted(list(self.engine.datasets.values()), key=lambda d: d.id)
         return scorer_pb2.ListDatasetsResponse(datasets=[dataset_message(d) for d in datasets])
 
     async def RegisterDataset(

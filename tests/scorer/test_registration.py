@@ -8,6 +8,7 @@ equal an independent open_clip computation.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from promptclimb.api.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb.common.errors import resource_of, retry_delay_of
 from promptclimb.testing.tiny_clip import make_image_folder
+from services.scorer.engine import ScoringEngine
+from services.scorer.main import build_server
+from services.scorer.settings import ScorerSettings
 from tests.scorer.conftest import TEMPLATES, paper_scores
 from tests.support.processes import ServedProcess, serve
 
@@ -141,3 +145,52 @@ def test_registration_returns_at_once_shows_progress_and_resumes_after_a_sigkill
         assert second.stop() == 0
     assert chunk_rows(cache) == 0  # the whole file replaced the chunks
     assert len(list((cache / "features").glob("*.safetensors"))) == 1
+
+
+async def test_a_registration_that_fails_mid_encoding_says_why_and_registering_again_retries(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """An image whose header is fine but whose pixels are cut off passes the check, fails the encoding."""
+    root = make_image_folder(tmp_path / "images", per_split={"test": 2})
+    bad = root / "test" / "red_square" / "0.png"
+    whole = bad.read_bytes()
+    bad.write_bytes(whole[: len(whole) // 2])
+    settings = ScorerSettings(model=f"local-dir:{tiny_model}")
+    engine = ScoringEngine(settings)
+    server = build_server(settings, engine)
+    port = await server.start()
+    await asyncio.to_thread(engine.load_model)
+    register = scorer_pb2.RegisterDatasetRequest(
+        id="cut", image_folder=scorer_pb2.ImageFolderSource(path=str(root))
+    )
+    evaluate = scorer_pb2.EvaluatePromptsRequest(dataset="cut", split="test", templates=["a {}"])
+
+    async def until(stub: scorer_pb2_grpc.ScorerServiceStub, done: str) -> scorer_pb2.Dataset:
+        deadline = time.monotonic() + 60
+        while True:
+            reply = await stub.ListDatasets(scorer_pb2.ListDatasetsRequest())
+            (d,) = [d for d in reply.datasets if d.id == "cut"]
+            if getattr(d, done):
+                return d
+            assert time.monotonic() < deadline, f"never {done}: {d}"
+            await asyncio.sleep(0.02)
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = scorer_pb2_grpc.ScorerServiceStub(channel)
+            assert not (await stub.RegisterDataset(register)).dataset.ready
+            failed = await until(stub, "error")
+            assert not failed.ready and "computing the image features failed" in failed.error
+            with pytest.raises(grpc.aio.AioRpcError) as call:
+                await stub.EvaluatePrompts(evaluate)
+            assert call.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "register it again" in (call.value.details() or "")
+
+            bad.write_bytes(whole)  # repaired: the same registration now succeeds
+            await stub.RegisterDataset(register)
+            ready = await until(stub, "ready")
+            assert ready.error == "" and ready.images_done == 10
+            assert (await stub.EvaluatePrompts(evaluate)).scores[0].total == 10
+    finally:
+        await engine.close()
+        await server.stop(0)
