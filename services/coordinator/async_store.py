@@ -54,9 +54,11 @@ class AsyncSearchStore:
 
     # ---- searches ------------------------------------------------------------------------------
 
-    async def create(self, config: SearchConfig, request_id: str | None) -> tuple[SearchRecord, bool]:
+    async def create(
+        self, config: SearchConfig, request_id: str | None, *, max_pending: int | None = None
+    ) -> tuple[SearchRecord, bool]:
         """See :meth:`SearchStore.create`."""
-        return await self._call(self.sync.create, config, request_id)
+        return await self._call(self.sync.create, config, request_id, max_pending=max_pending)
 
     async def get(self, search_id: str, *, with_history: bool = False) -> SearchRecord | None:
         """See :meth:`SearchStore.get`."""
@@ -117,9 +119,9 @@ class AsyncSearchStore:
         """See :meth:`SearchStore.release`."""
         await self._call(self.sync.release, search_id, owner)
 
-    async def claimable(self) -> list[str]:
+    async def claimable(self, *, limit: int | None = None) -> list[str]:
         """See :meth:`SearchStore.claimable`."""
-        return await self._call(self.sync.claimable)
+        return await self._call(self.sync.claimable, limit=limit)
 
     async def now(self) -> float:
         """See :meth:`SearchStore.now`."""

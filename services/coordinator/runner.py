@@ -213,6 +213,7 @@ class SearchRunner:
         broadcaster: Broadcaster | None = None,
         lease_seconds: float = 30.0,
         max_running: int = 8,
+        max_pending: int | None = None,
         owner: str | None = None,
         store_retry_seconds: float = 30.0,
     ) -> None:
@@ -222,6 +223,7 @@ class SearchRunner:
         self.broadcaster = broadcaster or Broadcaster()
         self.lease_seconds = lease_seconds
         self.max_running = max_running
+        self.max_pending = max_pending  # PENDING searches in the store (all replicas); None: no bound
         self.store_retry_seconds = store_retry_seconds
         host = socket.gethostname()[: MAX_OWNER_CHARS - 40]
         self.owner = owner or f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -254,10 +256,15 @@ class SearchRunner:
     # ---- API operations ------------------------------------------------------------------------
 
     async def submit(self, config: SearchConfig, request_id: str | None) -> tuple[SearchRecord, bool]:
-        """Create (or find, by request id) a search; a new one is claimed at once."""
-        record, created = await self.store.create(config, request_id)
+        """Create (or find, by request id) a search; free slots go to the oldest waiting ones.
+
+        So a new search starts at once when nothing older waits, and never ahead of a search that
+        waits PENDING (accepted here or by a peer while full). Raises
+        :class:`~services.coordinator.store.TooManyPending` past ``max_pending`` waiting searches.
+        """
+        record, created = await self.store.create(config, request_id, max_pending=self.max_pending)
         if created:
-            await self._claim(record.id)
+            await self._fill()
         return record, created
 
     async def cancel(self, search_id: str) -> SearchRecord | None:
@@ -293,10 +300,7 @@ class SearchRunner:
                     task = self.tasks.get(sid)
                     if task is not None and (sid not in held or held[sid]):  # lost, or cancelled elsewhere
                         task.cancel()
-                for sid in await self.store.claimable():
-                    if len(self.tasks) >= self.max_running:
-                        break
-                    await self._claim(sid)
+                await self._fill()
             except Exception:  # a store hiccup must not end the loop
                 log.exception("lease maintenance failed")
             self._wake.clear()
@@ -304,6 +308,17 @@ class SearchRunner:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.lease_seconds / 3)
             except TimeoutError:
                 pass
+
+    async def _fill(self) -> None:
+        """Claim unfinished searches, oldest first, while this replica has free slots."""
+        free = self.max_running - len(self.tasks) - len(self._claiming)
+        if free <= 0 or self._stopping:
+            return
+        # Those being claimed (by a concurrent call) may head the list: look past them.
+        for sid in await self.store.claimable(limit=free + len(self._claiming)):
+            if len(self.tasks) + len(self._claiming) >= self.max_running:
+                break
+            await self._claim(sid)
 
     async def _claim(self, search_id: str) -> None:
         # A search being claimed counts as running: submit and the lease loop may claim the same

@@ -81,8 +81,8 @@ from services.coordinator.search import (
     ScoredTemplate,
     SearchConfig,
     SearchResult,
-    TransferScore,
     SearchState,
+    TransferScore,
     Usage,
 )
 
@@ -499,11 +499,11 @@ class SearchStore:
     def _admission(self, serialised: bool) -> Iterator[Connection]:
         """A write transaction; ``serialised``: holding, from its first read, the lock of admissions."""
         with self.engine.connect() as c:
-            if False:
+            if serialised and c.dialect.name == "sqlite":
                 # The write lock before the count: a deferred transaction would read, then fail
                 # to upgrade ("database is locked") whenever another replica wrote meanwhile.
                 c.exec_driver_sql("BEGIN IMMEDIATE")
-            elif False:
+            elif serialised and c.dialect.name == "postgresql":
                 c.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_ADMISSION_LOCK})
             yield c
             c.commit()

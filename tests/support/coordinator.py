@@ -38,10 +38,18 @@ async def coordinator_in_process(
     settings: CoordinatorSettings | None = None,
 ) -> AsyncIterator[InProcessCoordinator]:
     """A coordinator on a free port over ``db`` (SQLite file or URL), reaching ``scorer`` and ``proposer``."""
+    settings = settings or CoordinatorSettings(port=0)
     store = SearchStore(str(db))
     async_store = AsyncSearchStore(store)
-    runner = SearchRunner(async_store, scorer, proposer, lease_seconds=lease_seconds)
-    server = build_server(settings or CoordinatorSettings(port=0), runner)
+    runner = SearchRunner(
+        async_store,
+        scorer,
+        proposer,
+        lease_seconds=lease_seconds,
+        max_running=settings.max_running_searches,
+        max_pending=settings.max_pending_searches,
+    )
+    server = build_server(settings, runner)
     port = await server.start()
     try:
         await runner.start()
