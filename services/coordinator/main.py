@@ -57,7 +57,11 @@ async def serve(settings: CoordinatorSettings) -> None:
     from services.coordinator.search_metrics import RUNNING_SEARCHES
     from services.coordinator.store import SearchStore
 
-    retry = RetryPolicy(max_attempts=settings.max_attempts, backoff_seconds=settings.backoff_seconds)
+    retry = RetryPolicy(
+        max_attempts=settings.max_attempts,
+        backoff_seconds=settings.backoff_seconds,
+        ready_wait_seconds=settings.scorer_ready_wait_seconds,
+    )
     store = AsyncSearchStore(SearchStore(settings.store))  # every store call off the event loop
     models = ModelRegistry(
         settings.scorer_entries(),

@@ -41,6 +41,12 @@ class CoordinatorSettings(ServerSettings):
     optimizer_deadline_seconds: float = Field(180.0, gt=0, description="Deadline of one optimizer call")
     max_attempts: int = Field(6, gt=0, description="Tries per call on UNAVAILABLE / RESOURCE_EXHAUSTED")
     backoff_seconds: float = Field(0.2, gt=0, description="First retry delay (doubles, capped at 5 s)")
+    scorer_ready_wait_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="How long a search waits for a dataset the scorer is still computing the image "
+        "features of (UNAVAILABLE naming the dataset; counts no attempt)",
+    )
     lease_seconds: float = Field(
         30.0, gt=0, description="Search lease; a dead replica's searches resume after it"
     )
