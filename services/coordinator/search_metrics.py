@@ -73,8 +73,7 @@ def identity(record: SearchRecord) -> list[str]:
     """The label values of a search: id, display name, dataset, strategy (``a+b`` for a mix), model."""
     config: SearchConfig = record.config
     strategy = "+".join(s.value for s in config.proposers)
-    model = str(getattr(config, "model", ""))  # "" = the default model (and before searches named one)
-    return [record.id, config.display_name[:MAX_DISPLAY_NAME], config.dataset, strategy, model]
+    return [record.id, config.display_name[:MAX_DISPLAY_NAME], config.dataset, strategy, config.model]
 
 
 def budget_used(record: SearchRecord, state: SearchState, now: float) -> dict[str, float]:

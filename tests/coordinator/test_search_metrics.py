@@ -6,10 +6,14 @@ tests/deploy/test_search_dashboard.py; these pin the collector's own rules.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import update
 
 from services.coordinator.search import (
     Budget,
@@ -21,7 +25,8 @@ from services.coordinator.search import (
     Strategy,
 )
 from services.coordinator.search_metrics import RunningSearches, count_search_end
-from services.coordinator.store import Progress, SearchRecord
+from services.coordinator.store import Progress, SearchRecord, searches
+from tests.coordinator.conftest import Harness
 
 START = 1_000_000.0
 
@@ -94,6 +99,7 @@ def _climbing_state(config: SearchConfig) -> SearchState:
 def test_a_running_search_is_exported_with_its_progress_and_budget_use() -> None:
     config = SearchConfig(
         dataset="pets",
+        model="rn50-openai",
         display_name="nightly pets",
         strategy=Strategy.CONTRAST,
         budget=Budget(max_llm_calls=8, max_tokens=1000, max_evaluations=0, max_duration_seconds=100.0),
@@ -128,7 +134,7 @@ def test_a_running_search_is_exported_with_its_progress_and_budget_use() -> None
         "display_name": "nightly pets",
         "dataset": "pets",
         "strategy": "contrast",
-        "model": "",
+        "model": "rn50-openai",
     }
 
 
@@ -187,3 +193,29 @@ def test_a_budget_spent_on_the_seed_pool_is_counted() -> None:
     count_search_end(None, "budget: max_tokens")  # ended before it ran
     assert _unimproved("max_llm_calls") == before["max_llm_calls"] + 1
     assert _unimproved("max_tokens") == before["max_tokens"]
+
+
+async def _until_async(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_search_taken_over_by_a_peer_leaves_this_replicas_series(harness: Harness) -> None:
+    """A real runner: the series exist while the search runs here, and go when a peer holds it."""
+    collector = RunningSearches()
+    collector.track(harness.runner)
+    harness.optimizer.delay = 0.2  # slow iterations: it is still running when the lease moves
+    search = await harness.client.start(dataset="toy", iterations=50)
+
+    def exported() -> dict[str, float]:
+        return _values(_scrape(collector), search.id)
+
+    await _until_async(lambda: exported().get("iterations_completed", 0) >= 2, "two iterations exported")
+    with harness.store.engine.begin() as conn:  # a peer replica now holds the lease
+        conn.execute(update(searches).where(searches.c.id == search.id).values(lease_owner="peer-replica"))
+    await _until_async(lambda: search.id not in harness.runner.live, "the runner to let the search go")
+    assert exported() == {}
+    record = harness.store.get(search.id)
+    assert record is not None and record.state == "RUNNING" and record.lease_owner == "peer-replica"
