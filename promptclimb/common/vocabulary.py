@@ -24,6 +24,13 @@ class Strategy(StrEnum):
     RELEASED = "released"  # what the paper's released code showed: two bare lists, nothing else
 
 
+class DescriptionStrategy(StrEnum):
+    """How the optimizer writes class-specific descriptions (CuPL / ProAPO style)."""
+
+    DESCRIBE = "describe"  # k short visual descriptions per class, several classes per call
+    REFINE = "refine"  # the weakest classes and their confusions shown; only those rewritten
+
+
 class LifecycleState(StrEnum):
     """Where a search is in its life (google.longrunning style)."""
 
@@ -80,6 +87,15 @@ STRATEGY_TO_PROTO: dict[Strategy, common_pb2.Strategy] = {
     s: cast(common_pb2.Strategy, common_pb2.Strategy.Value(f"STRATEGY_{s.name}")) for s in Strategy
 }
 STRATEGY_FROM_PROTO: dict[int, Strategy] = {v: k for k, v in STRATEGY_TO_PROTO.items()}
+DESCRIPTION_STRATEGY_TO_PROTO: dict[DescriptionStrategy, common_pb2.DescriptionStrategy] = {
+    s: cast(
+        common_pb2.DescriptionStrategy, common_pb2.DescriptionStrategy.Value(f"DESCRIPTION_STRATEGY_{s.name}")
+    )
+    for s in DescriptionStrategy
+}
+DESCRIPTION_STRATEGY_FROM_PROTO: dict[int, DescriptionStrategy] = {
+    v: k for k, v in DESCRIPTION_STRATEGY_TO_PROTO.items()
+}
 STATE_TO_PROTO: dict[LifecycleState, coordinator_pb2.SearchState] = {
     s: cast(coordinator_pb2.SearchState, coordinator_pb2.SearchState.Value(f"SEARCH_STATE_{s.name}"))
     for s in LifecycleState

@@ -25,6 +25,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -260,24 +261,33 @@ class ChatBackend:
         return context_from_server(*answers)
 
     async def complete(
-        self, messages: list[ChatMessage], *, temperature: float, n_templates: int, seed: int | None
+        self,
+        messages: list[ChatMessage],
+        *,
+        temperature: float,
+        n_templates: int,
+        seed: int | None,
+        formats: Mapping[str, dict[str, Any]] | None = None,
     ) -> Completion:
         """The model's reply to ``messages``, through the cache when one is configured.
 
+        ``formats``: the reply's response_format per dialect (the keys of :data:`RESPONSE_FORMATS`)
+        when it is not a list of templates, e.g. descriptions per class.
         Raises :class:`LLMUnavailable`, :class:`LLMAuthFailed` or :class:`LLMRejected`.
         """
         cache_key = None
         if self.cache is not None:
-            cache_key = ResponseCache.key(
-                {
-                    "model": self.config.model,
-                    "messages": [[m.role, m.content] for m in messages],
-                    "temperature": temperature,
-                    "n": n_templates,
-                    "seed": seed,
-                    "format": self._formats[0] if self._formats else "text",
-                }
-            )
+            keyed: dict[str, Any] = {
+                "model": self.config.model,
+                "messages": [[m.role, m.content] for m in messages],
+                "temperature": temperature,
+                "n": n_templates,
+                "seed": seed,
+                "format": self._formats[0] if self._formats else "text",
+            }
+            if formats is not None:  # only then: the keys of template replies stay as they were
+                keyed["schema"] = formats.get(self._formats[0]) if self._formats else None
+            cache_key = ResponseCache.key(keyed)
             hit = self.cache.get(cache_key)
             if hit is not None:
                 metrics.record_attempt(self.config.model, "cached", None)
@@ -285,7 +295,7 @@ class ChatBackend:
                 hit.latency_seconds = 0.0
                 return hit
         start = time.perf_counter()
-        completion = await self._complete_uncached(messages, temperature, seed)
+        completion = await self._complete_uncached(messages, temperature, seed, formats)
         completion.latency_seconds = time.perf_counter() - start
         metrics.record_tokens(self.config.model, completion.prompt_tokens, completion.completion_tokens)
         if self.cache is not None and cache_key is not None:
@@ -293,12 +303,18 @@ class ChatBackend:
         return completion
 
     async def _complete_uncached(
-        self, messages: list[ChatMessage], temperature: float, seed: int | None
+        self,
+        messages: list[ChatMessage],
+        temperature: float,
+        seed: int | None,
+        formats: Mapping[str, dict[str, Any]] | None = None,
     ) -> Completion:
         refused: list[str] = []
         for name in list(self._formats):
             try:
-                completion = await self._call(messages, temperature, seed, response_format=name)
+                completion = await self._call(
+                    messages, temperature, seed, response_format=name, formats=formats
+                )
             except _FormatRefused as exc:
                 if self.config.structured_output != "auto":
                     raise LLMRejected(
@@ -330,6 +346,7 @@ class ChatBackend:
         seed: int | None,
         *,
         response_format: str | None,
+        formats: Mapping[str, dict[str, Any]] | None = None,
     ) -> Completion:
         """One completion with retries; raises a domain error when it cannot get one."""
         kwargs: dict[str, Any] = {
@@ -342,7 +359,7 @@ class ChatBackend:
         if self.config.max_tokens is not None:
             kwargs["max_tokens"] = self.config.max_tokens
         if response_format is not None:
-            kwargs["response_format"] = RESPONSE_FORMATS[response_format]
+            kwargs["response_format"] = (formats or RESPONSE_FORMATS)[response_format]
         model = self.config.model
         attempt = 0
         while True:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from services.optimizer import metrics
 from services.optimizer.backend import Completion
@@ -31,9 +32,16 @@ class CompletionBackend(Protocol):
     """What the optimizer needs from an LLM backend (:class:`~.backend.ChatBackend` is one)."""
 
     async def complete(
-        self, messages: list[ChatMessage], *, temperature: float, n_templates: int, seed: int | None
+        self,
+        messages: list[ChatMessage],
+        *,
+        temperature: float,
+        n_templates: int,
+        seed: int | None,
+        formats: Mapping[str, dict[str, Any]] | None = None,
     ) -> Completion:
-        """The model's reply to ``messages``."""
+        """The model's reply to ``messages`` (``formats``: a response_format per dialect other than
+        the templates' one, :mod:`services.optimizer.descriptions`)."""
         ...
 
 

@@ -100,7 +100,7 @@ def normalise_slots(text: str) -> tuple[str, int]:
     return normalised, count
 
 
-def _strip_wrapping(line: str) -> str:
+def strip_wrapping(line: str) -> str:
     """Remove list markers, markdown emphasis and matching outer quotes, repeatedly."""
     previous = None
     while previous != line:
@@ -209,7 +209,7 @@ def parse_reply(
         return result
     seen = {dedupe_key(t) for t in history}
     for raw in extract_candidates(reply):
-        text = _WHITESPACE.sub(" ", _CONTROL.sub(" ", _strip_wrapping(raw))).strip()
+        text = _WHITESPACE.sub(" ", _CONTROL.sub(" ", strip_wrapping(raw))).strip()
         if not text:
             continue  # blank lines between list items are layout, not candidates
         template, slots = normalise_slots(text)

@@ -12,10 +12,21 @@ from promptclimb.common.vocabulary import (
     DEFAULT_BEST_K,
     DEFAULT_NUM_TEMPLATES,
     DEFAULT_WORST_K,
+    DESCRIPTION_STRATEGY_FROM_PROTO,
+    DESCRIPTION_STRATEGY_TO_PROTO,
     STRATEGY_FROM_PROTO,
     STRATEGY_TO_PROTO,
 )
 from services.optimizer.core import Optimizer
+from services.optimizer.descriptions import (
+    DEFAULT_DESCRIPTIONS_PER_CLASS,
+    DEFAULT_MAX_CLASSES_PER_CALL,
+    DEFAULT_WEAKEST_K,
+    DescriptionProposal,
+    DescriptionRequest,
+    DescriptionWriter,
+    ScoredClass,
+)
 from services.optimizer.domain import (
     ChatMessage,
     InvalidRequest,
@@ -69,6 +80,53 @@ def to_proto(proposal: Proposal) -> optimizer_pb2.ProposePromptsResponse:
     )
 
 
+def descriptions_to_domain(request: optimizer_pb2.ProposeDescriptionsRequest) -> DescriptionRequest:
+    """The domain request; raises :class:`InvalidRequest` for an unknown strategy."""
+    strategy = DESCRIPTION_STRATEGY_FROM_PROTO.get(request.strategy)
+    if strategy is None:
+        known = ", ".join(
+            common_pb2.DescriptionStrategy.Name(v) for v in DESCRIPTION_STRATEGY_TO_PROTO.values()
+        )
+        raise InvalidRequest("strategy", f"strategy must be one of {known}, got {request.strategy}")
+
+    def given(name: str, default: int) -> int:
+        return int(getattr(request, name)) if request.HasField(name) else default
+
+    return DescriptionRequest(
+        strategy=strategy,
+        class_names=list(request.class_names),
+        descriptions_per_class=given("descriptions_per_class", DEFAULT_DESCRIPTIONS_PER_CLASS),
+        task_description=request.task_description,
+        scored=[ScoredClass(c.class_name, tuple(c.descriptions), c.accuracy) for c in request.scored],
+        confusions=[(c.true_class, c.predicted_class, c.count) for c in request.confusions],
+        weakest_k=given("weakest_k", DEFAULT_WEAKEST_K),
+        max_classes_per_call=given("max_classes_per_call", DEFAULT_MAX_CLASSES_PER_CALL),
+        max_llm_calls=request.max_llm_calls if request.HasField("max_llm_calls") else None,
+        temperature=request.temperature if request.HasField("temperature") else None,
+        seed=request.seed if request.HasField("seed") else None,
+    )
+
+
+def descriptions_to_proto(proposal: DescriptionProposal) -> optimizer_pb2.ProposeDescriptionsResponse:
+    """The response message of a description proposal."""
+    return optimizer_pb2.ProposeDescriptionsResponse(
+        descriptions=[
+            common_pb2.ClassDescriptions(class_name=c, texts=texts)
+            for c, texts in proposal.descriptions.items()
+        ],
+        missing=proposal.missing,
+        rejected=[optimizer_pb2.RejectedCandidate(text=r.text, reason=r.reason) for r in proposal.rejected],
+        usage=common_pb2.Usage(
+            llm_calls=proposal.usage.llm_calls,
+            prompt_tokens=proposal.usage.prompt_tokens,
+            completion_tokens=proposal.usage.completion_tokens,
+        ),
+        model=proposal.model,
+        latency_seconds=proposal.latency_seconds,
+        structured=proposal.structured,
+    )
+
+
 def to_service_error(error: OptimizerError) -> ServiceError:
     """The status an optimizer error is reported with."""
     if isinstance(error, InvalidRequest):
@@ -89,6 +147,12 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
 
     def __init__(self, optimizer: Optimizer) -> None:
         self.optimizer = optimizer
+        self.writer = DescriptionWriter(
+            optimizer.backend,
+            default_temperature=optimizer.default_temperature,
+            window=optimizer.window,
+            counter=optimizer.counter,
+        )
 
     async def ProposePrompts(
         self, request: optimizer_pb2.ProposePromptsRequest, context: grpc.aio.ServicerContext
@@ -106,3 +170,18 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
             await abort(context, to_service_error(unavailable))
             raise
         return to_proto(proposal)
+
+    async def ProposeDescriptions(
+        self, request: optimizer_pb2.ProposeDescriptionsRequest, context: grpc.aio.ServicerContext
+    ) -> optimizer_pb2.ProposeDescriptionsResponse:
+        """Write descriptions per class (describe) or rewrite the weakest classes' (refine)."""
+        try:
+            proposal = await self.writer.propose(descriptions_to_domain(request))
+        except OptimizerError as error:
+            await abort(context, to_service_error(error))
+            raise
+        except json.JSONDecodeError as error:
+            unavailable = LLMUnavailable(f"the LLM endpoint sent a malformed reply: {error.msg}", 1.0)
+            await abort(context, to_service_error(unavailable))
+            raise
+        return descriptions_to_proto(proposal)
