@@ -21,7 +21,8 @@ Example::
     asyncio.run(main())
 
 :class:`ScorerClient` asks a scorer directly (``evaluate``, ``evaluate_ensemble``,
-``list_datasets``, ``register_dataset``, ``model_info``), e.g. to score a template by hand.
+``evaluate_descriptions``, ``list_datasets``, ``register_dataset``, ``model_info``), e.g. to score
+a template by hand.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from google.protobuf import duration_pb2, field_mask_pb2
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from promptclimb.api.v1 import coordinator_pb2, coordinator_pb2_grpc, scorer_pb2, scorer_pb2_grpc
+from promptclimb.api.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, scorer_pb2, scorer_pb2_grpc
 from promptclimb.common.channels import open_channel
 from promptclimb.common.vocabulary import (
     OBJECTIVE_TO_PROTO,
@@ -380,6 +381,40 @@ class ScorerClient:
             dataset=dataset, split=split, templates=templates, per_class=per_class
         )
         return await self.stub.EvaluateEnsemble(request, timeout=self._timeout(timeout))
+
+    async def evaluate_descriptions(
+        self,
+        dataset: str,
+        split: str,
+        sets: Mapping[str, Mapping[str, Sequence[str]]],
+        *,
+        template: str = "",
+        per_class: bool = False,
+        top_confusions: int = 0,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline the scorer sees)
+    ) -> scorer_pb2.EvaluateDescriptionsResponse:
+        """Score description sets, ``{set name: {class name: texts}}`` ("{}" in a text is the class
+        name; ``template``'s "{}" takes each text); a rejected set has its ``error`` set.
+
+        ``top_confusions``: also each set's most frequent (true class -> predicted class) counts.
+        """
+        request = scorer_pb2.EvaluateDescriptionsRequest(
+            dataset=dataset,
+            split=split,
+            sets=[
+                scorer_pb2.DescriptionSet(
+                    name=name,
+                    classes=[
+                        common_pb2.ClassDescriptions(class_name=c, texts=list(t)) for c, t in texts.items()
+                    ],
+                    template=template,
+                )
+                for name, texts in sets.items()
+            ],
+            per_class=per_class,
+            top_confusions=top_confusions,
+        )
+        return await self.stub.EvaluateDescriptions(request, timeout=self._timeout(timeout))
 
     async def list_datasets(
         self,

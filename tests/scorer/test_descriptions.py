@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from promptclimb.api.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
+from promptclimb.client import ScorerClient
 from services.coordinator.clients import GrpcScorer
 from services.scorer.datasets import parse_dataset_spec
 from services.scorer.descriptions import MAX_TEXTS_PER_CLASS, DescriptionSet
@@ -322,3 +323,13 @@ async def test_over_grpc_per_set_errors_confusions_and_the_coordinators_client(
     assert [s.correct for s in scores[:3]] == [reference.correct] * 3
     assert scores[0].confusions == tuple(reference.confusions[:2])
     assert scores[3].error is not None and "'red square'" in scores[3].error
+    # The public client, as a script would call it.
+    async with ScorerClient(target) as public:
+        answer = await public.evaluate_descriptions(
+            "demo", "test", {"s": DESCRIBED}, template=TEMPLATE, per_class=True
+        )
+    assert answer.class_names == CLASSES
+    assert (answer.scores[0].correct, list(answer.scores[0].per_class_accuracy)) == (
+        reference.correct,
+        reference.per_class,
+    )
