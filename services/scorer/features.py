@@ -66,11 +66,6 @@ class FeatureKey:
         return hashlib.sha256(f"{self.model}\0{self.split}".encode()).hexdigest()[:32]
 
 
-def feature_key(model_fingerprint: str, split: Split, memo: FileDigests | None = None) -> str:
-    """The cache file name of one split's features under one model (``memo``: known file digests)."""
-    return FeatureKey(model_fingerprint, split.fingerprint(memo), len(split)).name
-
-
 class BadCacheFile(Exception):
     """A cache file that fails verification; ``reason`` is a bounded metric label."""
 
