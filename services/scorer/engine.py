@@ -239,7 +239,8 @@ class ScoringEngine:
             log.info("dataset encoding stopped", extra={"dataset": dataset.id, "reason": str(exc)})
         except Exception as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            log.exception("dataset features failed", extra={"dataset": dataset.id})
+            # The source's fault (an image that does not decode), not the server's: a warning.
+            log.warning("dataset features failed", extra={"dataset": dataset.id, "error": reason})
             metrics.IMAGES_PENDING.dec(dataset.images_total - dataset.images_done)
             dataset.error = f"computing the image features failed: {reason}"
 
