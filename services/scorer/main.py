@@ -52,6 +52,7 @@ async def serve(settings: ScorerSettings, failed: list[BaseException] | None = N
 
     metrics.bind_model(settings.resolved_model_id())
     engine = ScoringEngine(settings)
+    engine.starting = True  # from the first call on: ListDatasets answers UNAVAILABLE until loaded
     server = build_server(settings, engine)
     await server.start()
     announce("scorer", server.port, server.metrics_port)

@@ -249,9 +249,19 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
     async def ListDatasets(
         self, request: scorer_pb2.ListDatasetsRequest, context: grpc.aio.ServicerContext
     ) -> scorer_pb2.ListDatasetsResponse:
-        """Every registered dataset."""
-        # list() copies the registry in one step: a registration thread may add to it meanwhile.
-        datasets = sorted(list(self.engine.datasets.values()), key=lambda d: d.id)
+        """Every registered dataset; UNAVAILABLE while the start-up datasets are still loading.
+
+        An empty list from a scorer that is still starting would read as "not registered": a
+        coordinator would end its searches NOT_FOUND instead of retrying (seen in bench/chaos.py).
+        """
+
+        async def work() -> list[FewShotSet]:
+            if self.engine.starting:
+                raise NotReady("the scorer is still loading its model and start-up datasets")
+            # list() copies the registry in one step: a registration thread may add to it meanwhile.
+            return sorted(list(self.engine.datasets.values()), key=lambda d: d.id)
+
+        datasets = await self._call(context, work)
         return scorer_pb2.ListDatasetsResponse(datasets=[dataset_message(d) for d in datasets])
 
     async def RegisterDataset(

@@ -88,8 +88,12 @@ async def test_unavailable_until_model_and_features_are_ready(running: Running, 
 async def test_full_queue_is_resource_exhausted_with_retry_info(running: Running, images: Path) -> None:
     await asyncio.to_thread(running.engine.load_model)
     await asyncio.to_thread(running.engine.register, parse_dataset_spec(f"demo={images}"))
+    running.engine.batcher.batch_wait = 2.0  # the first request waits long for company to batch with
     first = asyncio.ensure_future(running.stub.EvaluatePrompts(request(TEMPLATES[:4])))
-    await asyncio.sleep(0.1)  # the first request now waits (300 ms) for others to batch with
+    deadline = time.monotonic() + 30
+    while running.engine.batcher.pending_templates < 4:  # queued: the queue holds 4 of its 5
+        assert time.monotonic() < deadline, "the first request was never queued"
+        await asyncio.sleep(0.01)
     with pytest.raises(grpc.aio.AioRpcError) as call:
         await running.stub.EvaluatePrompts(request(TEMPLATES[4:6]))
     assert call.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -215,3 +219,18 @@ async def test_list_datasets_tells_computed_features_from_cached_ones(running: R
     finally:
         await restarted.close()
         await server.stop(0)
+
+
+async def test_a_scorer_still_loading_its_start_up_datasets_lists_none_as_unavailable(
+    running: Running,
+) -> None:
+    # An empty list would read as "not registered": a coordinator would fail its searches
+    # NOT_FOUND instead of retrying (bench/chaos.py caught 10 searches failing so after a restart).
+    running.engine.starting = True
+    with pytest.raises(grpc.aio.AioRpcError) as call:
+        await running.stub.ListDatasets(scorer_pb2.ListDatasetsRequest())
+    assert call.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "still loading" in (call.value.details() or "")
+    running.engine.starting = False
+    listed = await running.stub.ListDatasets(scorer_pb2.ListDatasetsRequest())
+    assert list(listed.datasets) == []
