@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,12 @@ def _target(p: argparse.ArgumentParser) -> None:
 
 def _outputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the search as JSON")
+    p.add_argument(
+        "--grafana-url",
+        default=os.environ.get("PROMPTCLIMB_GRAFANA_URL", ""),
+        help="Grafana base URL: also print the link to the search on the promptclimb dashboard "
+        "(env PROMPTCLIMB_GRAFANA_URL)",
+    )
     p.add_argument("--export-json", type=Path, help="write the full search (with history) as JSON")
     p.add_argument("--plot", type=Path, help="write a PNG of best/mean accuracy per iteration")
 
@@ -426,6 +433,20 @@ def _show(s: Any, args: argparse.Namespace) -> None:
         f"{u.evaluations} evaluations, {s.wall_seconds:.1f} s"
         + (f", ${u.cost_usd:.4f}" if u.cost_usd else "")
     )
+    if getattr(args, "grafana_url", ""):
+        print(f"dashboard: {dashboard_url(args.grafana_url, s)}")
+
+
+DASHBOARD_UID = "promptclimb"  # deploy/monitoring/dashboards/promptclimb.json
+
+
+def dashboard_url(grafana: str, s: Any) -> str:
+    """The search on the dashboard: its Search row's variable set, the time range from its creation
+    to a minute after its end (to now while it runs)."""
+    start = s.create_time.ToMilliseconds()
+    end = str(s.end_time.ToMilliseconds() + 60_000) if s.HasField("end_time") else "now"
+    search = urllib.parse.quote(s.id, safe="")
+    return f"{grafana.rstrip('/')}/d/{DASHBOARD_UID}/promptclimb?var-search={search}&from={start}&to={end}"
 
 
 def _state(s: Any) -> str:

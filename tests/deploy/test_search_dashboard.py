@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -403,3 +404,51 @@ def test_the_new_best_annotation_follows_the_best_accuracy(run: Run) -> None:
         assert marks, f"the best rose ({bests}) while Prometheus watched, but no annotation"
     if run.final.best.accuracy == bests[0]:  # the best accuracy only rises: it never moved
         assert not marks, f"annotations without a new best: {marks}"
+
+
+def test_search_get_links_to_the_dashboard_over_the_searchs_time(run: Run) -> None:
+    coordinator = run.stack.services["coordinator"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "promptclimb",
+            "search",
+            "get",
+            run.search_id,
+            "--coordinator",
+            f"127.0.0.1:{coordinator.port}",
+            "--grafana-url",
+            "https://grafana.example.com/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=test_env(),
+        cwd=REPO,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    link = next(line for line in proc.stdout.splitlines() if line.startswith("dashboard: "))
+    url = urllib.parse.urlsplit(link.removeprefix("dashboard: "))
+    uid = json.loads(DASHBOARD.read_text())["uid"]
+    assert (url.scheme, url.netloc, url.path) == ("https", "grafana.example.com", f"/d/{uid}/promptclimb")
+    query = urllib.parse.parse_qs(url.query)
+    assert query["var-search"] == [run.search_id]
+    start, end = int(query["from"][0]) / 1000, int(query["to"][0]) / 1000
+    # Everything Prometheus holds of the search lies in the linked time range.
+    prometheus = run.stack.prometheus_url
+    assert prometheus is not None
+    series = _range(prometheus, f'{PREFIX}iteration{{search_id="{run.search_id}"}}', start - 300, end + 300)
+    times = [float(t) for s in series for t, _ in s["values"]]
+    assert times and start <= min(times) and max(times) <= end
+
+
+def test_the_link_of_a_running_search_ends_now() -> None:
+    from promptclimb.cli.search import dashboard_url
+
+    s = coordinator_pb2.Search(id="a1/b")
+    s.create_time.FromMilliseconds(1_796_276_481_000)
+    assert dashboard_url("http://grafana:3000", s) == (
+        "http://grafana:3000/d/promptclimb/promptclimb?var-search=a1%2Fb&from=1796276481000&to=now"
+    )
