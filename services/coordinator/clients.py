@@ -23,6 +23,7 @@ import grpc
 from promptclimb.api.v1 import common_pb2, optimizer_pb2, optimizer_pb2_grpc, scorer_pb2, scorer_pb2_grpc
 from promptclimb.common.channels import ClientTLS, open_channel
 from promptclimb.common.errors import resource_of, retry_delay_of
+from promptclimb.common.vocabulary import DESCRIPTION_STRATEGY_TO_PROTO, DescriptionStrategy
 from services.coordinator import metrics
 from services.coordinator.convert import STRATEGY_TO_PROTO, scored_to_proto
 from services.coordinator.search import Proposal, ProposalRequest, Score, SearchFailed
@@ -270,6 +271,19 @@ class GrpcScorer:
         return reply.score.accuracy
 
 
+@dataclass(frozen=True)
+class DescriptionProposal:
+    """What the optimizer wrote for one ProposeDescriptions call, and what it cost."""
+
+    descriptions: dict[str, tuple[str, ...]]  # class name -> descriptions ("{}" = the class name)
+    missing: tuple[str, ...] = ()  # classes asked for that no reply described
+    llm_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model: str = ""
+    cost_usd: float = 0.0
+
+
 class GrpcProposer:
     """The :class:`~services.coordinator.search.TemplateProposer` port over OptimizerService."""
 
@@ -297,6 +311,63 @@ class GrpcProposer:
     async def close(self) -> None:
         """Close the channel."""
         await self.channel.close()
+
+    async def propose_descriptions(
+        self,
+        strategy: DescriptionStrategy,
+        *,
+        class_names: Sequence[str] = (),
+        scored: Mapping[str, tuple[Sequence[str], float]] | None = None,
+        confusions: Sequence[tuple[str, str, int]] = (),
+        task_description: str = "",
+        descriptions_per_class: int | None = None,
+        weakest_k: int | None = None,
+        max_classes_per_call: int | None = None,
+        max_llm_calls: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+    ) -> DescriptionProposal:
+        """One ProposeDescriptions call: ``describe`` ``class_names``, or ``refine`` the weakest of
+        ``scored`` (class -> (descriptions, accuracy)) given the set's ``confusions``."""
+        message = optimizer_pb2.ProposeDescriptionsRequest(
+            strategy=DESCRIPTION_STRATEGY_TO_PROTO[strategy],
+            task_description=task_description,
+            class_names=list(class_names),
+            scored=[
+                optimizer_pb2.ScoredClass(class_name=c, descriptions=list(d), accuracy=a)
+                for c, (d, a) in (scored or {}).items()
+            ],
+            confusions=[
+                common_pb2.Confusion(true_class=t, predicted_class=p, count=n) for t, p, n in confusions
+            ],
+        )
+        for name, value in (
+            ("descriptions_per_class", descriptions_per_class),
+            ("weakest_k", weakest_k),
+            ("max_classes_per_call", max_classes_per_call),
+            ("max_llm_calls", max_llm_calls),
+            ("temperature", temperature),
+            ("seed", seed),
+        ):
+            if value is not None:
+                setattr(message, name, value)
+        reply = await self.retry.call(
+            "optimizer ProposeDescriptions",
+            lambda: self.stub.ProposeDescriptions(message, timeout=self.deadline),
+        )
+        metrics.LLM_TOKENS.labels("prompt").inc(reply.usage.prompt_tokens)
+        metrics.LLM_TOKENS.labels("completion").inc(reply.usage.completion_tokens)
+        cost = self.cost(reply.model, reply.usage.prompt_tokens, reply.usage.completion_tokens)
+        metrics.LLM_COST.inc(cost)
+        return DescriptionProposal(
+            descriptions={d.class_name: tuple(d.texts) for d in reply.descriptions},
+            missing=tuple(reply.missing),
+            llm_calls=reply.usage.llm_calls,
+            prompt_tokens=reply.usage.prompt_tokens,
+            completion_tokens=reply.usage.completion_tokens,
+            model=reply.model,
+            cost_usd=cost,
+        )
 
     async def propose(self, request: ProposalRequest) -> Proposal:
         """One ProposePrompts call."""

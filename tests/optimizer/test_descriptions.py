@@ -14,6 +14,7 @@ from promptclimb.api.v1 import common_pb2, optimizer_pb2
 from promptclimb.common.vocabulary import DescriptionStrategy
 from promptclimb.local_llm import LlamaServer
 from promptclimb.testing.fake_openai import FakeOpenAI, Reply
+from services.coordinator.clients import GrpcProposer
 from services.optimizer.backend import ChatBackend
 from services.optimizer.context import ContextWindow, EstimatingCounter, estimate_tokens
 from services.optimizer.descriptions import (
@@ -355,6 +356,29 @@ async def test_propose_descriptions_over_grpc(fake: FakeOpenAI, start_server: Ca
         with pytest.raises(grpc.aio.AioRpcError) as call:
             await stub.ProposeDescriptions(request)
         assert call.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_the_coordinators_client(fake: FakeOpenAI, start_server: Callable[..., Any]) -> None:
+    fake.default = lambda body: reply({c: [f"a {c} in bloom"] for c in asked(body)})
+    _stub, _channel, server = await start_server(llm_base_url=fake.base_url, llm_model="fake-model")
+    proposer = GrpcProposer(f"127.0.0.1:{server.port}", prices={"*": (1.0, 2.0)})
+    try:
+        described = await proposer.propose_descriptions(
+            DescriptionStrategy.DESCRIBE, class_names=["rose", "tulip"], descriptions_per_class=1, seed=3
+        )
+        refined = await proposer.propose_descriptions(
+            DescriptionStrategy.REFINE,
+            scored={"rose": (("{}, red",), 0.5), "tulip": (("{}, cup",), 0.25)},
+            confusions=[("tulip", "rose", 3)],
+            weakest_k=1,
+        )
+    finally:
+        await proposer.close()
+    assert described.descriptions == {"rose": ("a {} in bloom",), "tulip": ("a {} in bloom",)}
+    assert described.llm_calls == 1 and described.cost_usd == pytest.approx((11 * 1.0 + 7 * 2.0) / 1000)
+    assert fake.requests[0]["seed"] == 3
+    assert list(refined.descriptions) == ["tulip"] and refined.missing == ()
+    assert "mistaken for rose (3 images)" in user_turn(fake.requests[1])
 
 
 @pytest.mark.slow
