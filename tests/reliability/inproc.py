@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -38,6 +39,25 @@ def health_status(channel: grpc.Channel, service: str = "") -> int:
 
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def wait_serving(channel: grpc.Channel, services: Sequence[str] = ("",), within: float = 60) -> None:
+    """Poll health until every one of ``services`` says SERVING; fail after ``within`` seconds.
+
+    Hostile tests start only then, so no answer of theirs can be the server still warming up.
+    """
+    deadline = time.monotonic() + within
+    for service in services:
+        while (status := _status_or_none(channel, service)) != SERVING:
+            assert time.monotonic() < deadline, f"health of {service!r} never SERVING (last {status})"
+            time.sleep(0.05)
+
+
+def _status_or_none(channel: grpc.Channel, service: str) -> int | None:
+    try:
+        return health_status(channel, service)
+    except grpc.RpcError:
+        return None
 
 
 def call(fn: Any, request: Any, timeout: float = 30, **kwargs: Any) -> grpc.StatusCode:

@@ -39,7 +39,7 @@ from tests.reliability.hostile import (
     hostile_text,
     mostly,
 )
-from tests.reliability.inproc import SERVING, LoopThread, call, health_status, raw_call
+from tests.reliability.inproc import SERVING, LoopThread, call, health_status, raw_call, wait_serving
 
 C = grpc.StatusCode
 START = {C.OK, C.INVALID_ARGUMENT, C.RESOURCE_EXHAUSTED}
@@ -85,6 +85,7 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory, error_log: ErrorLog) -
     server, runner, scorer, proposer = loop.run(build())
     options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
     with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=options) as channel:
+        wait_serving(channel)
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         names = []
         for i in range(3):

@@ -32,10 +32,12 @@ from tests.reliability.hostile import (
     hostile_list,
     hostile_text,
 )
-from tests.reliability.inproc import SERVING, LoopThread, call, health_status, raw_call
+from tests.reliability.inproc import SERVING, LoopThread, call, health_status, raw_call, wait_serving
 
 C = grpc.StatusCode
-PROPOSE = {C.OK, C.INVALID_ARGUMENT, C.UNAVAILABLE, C.FAILED_PRECONDITION, C.RESOURCE_EXHAUSTED}
+# Not UNAVAILABLE: the fake LLM always answers (garbage) and the tests start once the optimizer is
+# SERVING, so UNAVAILABLE would be the optimizer failing, not a documented answer to a request.
+PROPOSE = {C.OK, C.INVALID_ARGUMENT, C.FAILED_PRECONDITION, C.RESOURCE_EXHAUSTED}
 
 GARBAGE_REPLIES = [
     "",
@@ -88,6 +90,7 @@ def optimizer(error_log: ErrorLog) -> Iterator[Optimizer]:
         loop.run(server.set_ready())
         options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            wait_serving(channel, ["", SERVICE_NAME])
             yield Optimizer(channel, optimizer_pb2_grpc.OptimizerServiceStub(channel), error_log)
         loop.run(server.stop(0))
         loop.run(backend.close())

@@ -25,13 +25,15 @@ from services.scorer.servicer import SERVICE_NAME, register
 from services.scorer.settings import ScorerSettings
 from tests.reliability.conftest import ErrorLog
 from tests.reliability.hostile import DOUBLE, HOSTILE, INT32, check_code, hostile_list, hostile_text, mostly
-from tests.reliability.inproc import SERVING, LoopThread, call, health_status, raw_call
+from tests.reliability.inproc import SERVING, LoopThread, call, health_status, raw_call, wait_serving
 
 C = grpc.StatusCode
 # The documented sets (docs/ERRORS.md). RESOURCE_EXHAUSTED also covers an over-size message.
-EVALUATE = {C.OK, C.INVALID_ARGUMENT, C.NOT_FOUND, C.RESOURCE_EXHAUSTED, C.UNAVAILABLE}
-REGISTER = {C.OK, C.INVALID_ARGUMENT, C.ALREADY_EXISTS, C.UNAVAILABLE, C.RESOURCE_EXHAUSTED}
-READ_ONLY = {C.OK, C.UNAVAILABLE}
+# Not UNAVAILABLE: the tests start once the scorer is SERVING with its dataset ready, so a call
+# answered UNAVAILABLE (not ready) is a failure, not a documented answer to a hostile request.
+EVALUATE = {C.OK, C.INVALID_ARGUMENT, C.NOT_FOUND, C.RESOURCE_EXHAUSTED}
+REGISTER = {C.OK, C.INVALID_ARGUMENT, C.ALREADY_EXISTS, C.RESOURCE_EXHAUSTED}
+READ_ONLY = {C.OK}
 # Bytes that are not a protobuf message of the method's type (the server's decode guard).
 UNDECODABLE = {C.INVALID_ARGUMENT}
 
@@ -85,6 +87,7 @@ def scorer(tmp_path_factory: pytest.TempPathFactory, error_log: ErrorLog) -> Ite
     # The client may send more than the server accepts, so the server's own limit is exercised.
     options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+        wait_serving(channel, ["", SERVICE_NAME])
         yield Scorer(
             channel,
             scorer_pb2_grpc.ScorerServiceStub(channel),
@@ -110,9 +113,14 @@ DATASET = st.one_of(
 SPLIT = st.one_of(
     st.sampled_from(["train", "test"]), st.sampled_from(["train", "test"]), hostile_text(huge=5_000)
 )
-TEMPLATES = hostile_list(
-    mostly(st.sampled_from(["a photo of a {}.", "{}"]), hostile_text(huge=3_000)), huge=400
-)
+VALID_TEMPLATES = ["a photo of a {}.", "{}"]
+TEMPLATES = hostile_list(mostly(st.sampled_from(VALID_TEMPLATES), hostile_text(huge=3_000)), huge=400)
+MAX_TEMPLATES = 64  # the fixture's max_templates_per_request
+
+
+def known(dataset: str, split: str, templates: list[str]) -> bool:
+    """A known dataset and split, and a template count within the limit: the scorer must score it."""
+    return dataset == "demo" and split in ("train", "test") and 1 <= len(templates) <= MAX_TEMPLATES
 
 
 @HOSTILE
@@ -123,7 +131,9 @@ def test_evaluate_prompts(
     request = scorer_pb2.EvaluatePromptsRequest(
         dataset=dataset, split=split, templates=templates, per_class=per_class
     )
-    check_code(call(scorer.stub.EvaluatePrompts, request), EVALUATE, "EvaluatePrompts")
+    # Hostile template text is refused per template, inside an OK answer.
+    code = call(scorer.stub.EvaluatePrompts, request)
+    check_code(code, EVALUATE, "EvaluatePrompts", well_formed=known(dataset, split, templates))
     scorer.assert_healthy()
 
 
@@ -135,7 +145,9 @@ def test_evaluate_ensemble(
     request = scorer_pb2.EvaluateEnsembleRequest(
         dataset=dataset, split=split, templates=templates, per_class=per_class
     )
-    check_code(call(scorer.stub.EvaluateEnsemble, request), EVALUATE, "EvaluateEnsemble")
+    valid = known(dataset, split, templates) and all(t in VALID_TEMPLATES for t in templates)
+    code = call(scorer.stub.EvaluateEnsemble, request)
+    check_code(code, EVALUATE, "EvaluateEnsemble", well_formed=valid)
     scorer.assert_healthy()
 
 
