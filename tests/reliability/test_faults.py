@@ -130,7 +130,10 @@ async def test_llm_down_for_good_fails_the_search_with_the_reason_and_keeps_the_
 async def test_optimizer_restarted_mid_search(stack: Stack) -> None:
     stack.llm.replies = [Reply(content="1. a photo of a {}, before.", delay=0.5)]
     search = await stack.client.start(dataset="toy", pool="basic", iterations=3, templates_per_iteration=1)
-    await asyncio.sleep(0.3)  # the first proposal is in flight
+    deadline = time.monotonic() + 30
+    while not stack.llm.requests:  # the first proposal is in flight (the LLM holds it 0.5 s)
+        assert time.monotonic() < deadline, "the search never asked the LLM"
+        await asyncio.sleep(0.01)
     await stack.stop_optimizer()  # type: ignore[operator]
     await asyncio.sleep(0.5)  # the coordinator meets UNAVAILABLE and backs off
     await stack.restart_optimizer(stack.optimizer_port)  # type: ignore[operator]

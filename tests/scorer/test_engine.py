@@ -152,10 +152,13 @@ async def test_lone_request_on_idle_scorer_does_not_wait_for_company(tiny_model:
 
 async def test_full_queue_is_refused_with_retry_delay(tiny_model: Path, images: Path) -> None:
     engine = make_engine(
-        tiny_model, images, None, batch_wait_ms=300, batch_wait_alone=True, max_queue_templates=5
+        tiny_model, images, None, batch_wait_ms=2000, batch_wait_alone=True, max_queue_templates=5
     )
     first = asyncio.ensure_future(engine.evaluate("demo", "test", TEMPLATES[:4]))
-    await asyncio.sleep(0.01)
+    deadline = time.monotonic() + 30
+    while engine.batcher.pending_templates < 4:  # queued, and held there 2 s for company
+        assert time.monotonic() < deadline, "the first request was never queued"
+        await asyncio.sleep(0.01)
     with pytest.raises(QueueFull) as info:
         await engine.evaluate("demo", "test", TEMPLATES[4:6])
     assert info.value.retry_after > 0

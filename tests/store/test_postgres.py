@@ -8,12 +8,14 @@ scorer's counters tell, per template, how often it was scored across all searche
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +86,25 @@ def replica(
     )
     fakes.closers += [store.close, scorer.close, proposer.close, runner.stop]
     return runner
+
+
+@contextmanager
+def logged(logger: str, message: str) -> Iterator[threading.Event]:
+    """An event set once ``logger`` logs ``message`` (from any thread) inside the block."""
+    seen = threading.Event()
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == message:
+                seen.set()
+
+    handler = Handler(logging.DEBUG)
+    log = logging.getLogger(logger)
+    log.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        log.removeHandler(handler)
 
 
 def config(tag: str, iterations: int = 3) -> SearchConfig:
@@ -262,9 +283,11 @@ async def test_postgres_restarted_mid_search_the_search_recovers(
     record, _ = await runner.submit(config("restarted", iterations=iterations), None)
     before = await wait_for(runner.store.sync, record.id, lambda r: r.iteration >= 2)
     assert before.state == RUNNING
-    # `pg_ctl stop -m fast` ends every session; the server stays down while the search goes on.
-    await asyncio.to_thread(postgres_cluster.stop, "fast")
-    await asyncio.sleep(1.5)
+    # `pg_ctl stop -m fast` ends every session; the server stays down until the search has met
+    # the outage (a store call of it failed and is being retried), not for a guessed time.
+    with logged("services.coordinator.runner", "store unavailable; retrying") as met:
+        await asyncio.to_thread(postgres_cluster.stop, "fast")
+        assert await asyncio.to_thread(met.wait, 30), "the search never met the outage"
     await asyncio.to_thread(postgres_cluster.start)
     done = await wait_for(runner.store.sync, record.id, lambda r: r.done)
     assert_complete(done, fakes, iterations, fault=before)
@@ -276,23 +299,27 @@ async def test_postgres_restarted_mid_search_the_search_recovers(
 async def test_outage_longer_than_the_retry_window_resumes_the_search_once_back(
     postgres_url: str, postgres_cluster: PostgresCluster, fakes: Fakes
 ) -> None:
-    """The store gone for longer than the runner retries: nothing is lost, the search finishes."""
+    """The store gone for longer than the runner retries: the run gives up without an outcome (none
+    can be written), and once the store is back the search resumes from its journal and SUCCEEDS."""
     runner = replica(postgres_url, fakes, "replica-a", lease=1.0, store_retry=0.3)
     await runner.start()
     iterations = 6
     record, _ = await runner.submit(config("long-outage", iterations=iterations), None)
     before = await wait_for(runner.store.sync, record.id, lambda r: r.iteration >= 2)
     await asyncio.to_thread(postgres_cluster.stop, "immediate")  # a crash, not a clean shutdown
-    await asyncio.sleep(2.5)
+    # Down until the run has spent its retry window and its try to record the end: its task is
+    # gone. Back any sooner, the end (FAILED, "store unavailable") could still be written.
+    deadline = time.monotonic() + 30
+    while record.id in runner.tasks:
+        assert time.monotonic() < deadline, "the run never gave up on the store"
+        await asyncio.sleep(0.02)
     await asyncio.to_thread(postgres_cluster.start)
     done = await wait_for(runner.store.sync, record.id, lambda r: r.done)
+    assert done.state == SUCCEEDED, done.progress.end_reason
+    assert_complete(done, fakes, iterations, fault=before)
     after = {t.template: t for t in done.history}
     for t in before.history:
         assert after[t.template] == t
-    if done.state == SUCCEEDED:  # resumed from its journal once the store was back
-        assert_complete(done, fakes, iterations, fault=before)
-    else:  # or ended with the reason, when the store was back just in time to record it
-        assert done.state == "FAILED" and "store unavailable" in done.progress.end_reason
 
 
 async def test_api_calls_during_a_store_outage_are_unavailable_then_work_again(
