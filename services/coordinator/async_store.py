@@ -119,9 +119,9 @@ class AsyncSearchStore:
         """See :meth:`SearchStore.release`."""
         await self._call(self.sync.release, search_id, owner)
 
-    async def claimable(self, *, limit: int | None = None) -> list[str]:
+    async def claimable(self) -> list[str]:
         """See :meth:`SearchStore.claimable`."""
-        return await self._call(self.sync.claimable, limit=limit)
+        return await self._call(self.sync.claimable)
 
     async def now(self) -> float:
         """See :meth:`SearchStore.now`."""

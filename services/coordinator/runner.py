@@ -311,11 +311,11 @@ class SearchRunner:
 
     async def _fill(self) -> None:
         """Claim unfinished searches, oldest first, while this replica has free slots."""
-        free = self.max_running - len(self.tasks) - len(self._claiming)
-        if free <= 0 or self._stopping:
+        if len(self.tasks) + len(self._claiming) >= self.max_running or self._stopping:
             return
-        # Those being claimed (by a concurrent call) may head the list: look past them.
-        for sid in await self.store.claimable(limit=free + len(self._claiming)):
+        # The whole list, not just as many as there are free slots: a peer (or a concurrent call
+        # here) may take some of them first, and the next ones must then fill the slots.
+        for sid in await self.store.claimable():
             if len(self.tasks) + len(self._claiming) >= self.max_running:
                 break
             await self._claim(sid)

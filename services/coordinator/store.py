@@ -685,8 +685,8 @@ class SearchStore:
                 .values(lease_owner=None, lease_expires=None)
             )
 
-    def claimable(self, *, limit: int | None = None) -> list[str]:
-        """Unfinished searches nobody holds a live lease on, oldest first (at most ``limit``)."""
+    def claimable(self) -> list[str]:
+        """Unfinished searches nobody holds a live lease on, oldest first."""
         now = self._db_now()
         with self.engine.connect() as c:
             rows = c.execute(
@@ -696,7 +696,6 @@ class SearchStore:
                     or_(searches.c.lease_owner.is_(None), searches.c.lease_expires < now),
                 )
                 .order_by(searches.c.create_time, searches.c.id)
-                .limit(limit)
             )
             return [r[0] for r in rows]
 
