@@ -6,6 +6,7 @@ import asyncio
 import re
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -86,12 +87,19 @@ async def test_sigkill_mid_search_resumes_without_losing_or_repeating_work(fakes
             )
             # Kill while the LLM call of iteration >= 3 is in flight (the scorer is instant, so no
             # score is in flight: everything the scorer computed was recorded).
+            deadline = time.monotonic() + 60
             while True:
                 s = await client.get(search.name, full=False)
-                if len(s.iterations) >= 4 and s.phase == pb.SEARCH_PHASE_PROPOSING:
+                # Proposing, and the optimizer has the call (it holds each 0.25 s): one more
+                # request than the replies the search has counted.
+                if (
+                    len(s.iterations) >= 4
+                    and s.phase == pb.SEARCH_PHASE_PROPOSING
+                    and len(optimizer.requests) > s.usage.llm_calls
+                ):
                     break
+                assert time.monotonic() < deadline, "the search never reached a call in flight"
                 await asyncio.sleep(0.02)
-            await asyncio.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
