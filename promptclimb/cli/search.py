@@ -486,7 +486,13 @@ def _models_list(args: argparse.Namespace) -> int:
         if args.json:
             print(
                 json.dumps(
-                    [MessageToDict(m, always_print_fields_with_no_presence=True) for m in models], indent=2
+                    [
+                        MessageToDict(
+                            m, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+                        )
+                        for m in models
+                    ],
+                    indent=2,
                 )
             )
             return 0

@@ -27,6 +27,7 @@ from services.coordinator.search import Score, SearchFailed, TemplateScorer
 from services.coordinator.settings import ModelEntry
 
 log = logging.getLogger(__name__)
+RECHECK_SECONDS = 2.0  # how soon a model that is not ready is asked again
 
 
 @dataclass
@@ -121,7 +122,9 @@ class ModelRegistry:
 
     async def _keep_checking(self) -> None:
         while True:
-            await asyncio.sleep(self.check_seconds)
+            # A model not ready yet (a scorer still loading, one restarting) is asked again soon.
+            ready = all(s.ready or s.mismatch for s in self.status)
+            await asyncio.sleep(self.check_seconds if ready else min(self.check_seconds, RECHECK_SECONDS))
             try:
                 await self.check()
             except Exception:  # a check must never end the loop
@@ -144,7 +147,7 @@ class ModelRegistry:
         except grpc.aio.AioRpcError as err:
             was_ready = status.ready
             status.ready, status.mismatch = False, False
-            status.reason = f"unreachable: {err.code().name}: {err.details()}"
+            status.reason = f"{err.code().name}: {err.details()}"
             if was_ready:
                 log.warning("scorer model not ready", extra={"model": status.id, "reason": status.reason})
         else:
