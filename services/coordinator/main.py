@@ -94,6 +94,7 @@ async def serve(settings: CoordinatorSettings) -> None:
         owner=settings.replica_id,
     )
     RUNNING_SEARCHES.track(runner)  # per-search series while each search runs here
+    RUNNING_SEARCHES.stall_seconds = settings.search_stall_seconds
     server = build_server(settings, runner, models)
     port = await server.start()
     await models.start()  # which model each target serves (a down scorer does not stop the start)

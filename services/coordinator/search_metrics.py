@@ -11,6 +11,9 @@ The values are the search's own progress — the fields ``GetSearch`` reports, f
 the runner checkpoints — read in the metrics server's thread, as the store's worker threads read
 it to save it.
 
+For the stall alert each search also has the time a scrape first saw its current count of
+finished iterations, and the replica exports its ``search_stall_seconds`` setting.
+
 One counter outlives the searches: ``promptclimb_coordinator_searches_unimproved_total``, the
 searches that ended on a budget with their best template still one of the seed pool's.
 """
@@ -18,6 +21,7 @@ searches that ended on a budget with their best template still one of the seed p
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -98,9 +102,13 @@ def budget_used(record: SearchRecord, state: SearchState, now: float) -> dict[st
 class RunningSearches(Collector):
     """Collects the per-search series of every tracked runner at scrape time."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, *, stall_seconds: float = 1800.0) -> None:
         self.clock = clock
+        self.stall_seconds = stall_seconds  # exported for the stall alert (a coordinator setting)
         self._sources: weakref.WeakSet[LiveSearches] = weakref.WeakSet()
+        # Per search: the finished-iteration count last seen and when a scrape first saw it.
+        self._progress: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()  # scrapes run in the metrics server's threads, maybe two at once
 
     def track(self, source: LiveSearches) -> None:
         """Export the searches of ``source`` (a :class:`~services.coordinator.runner.SearchRunner`)."""
@@ -115,18 +123,32 @@ class RunningSearches(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         families = self._families()
+        families["threshold"].add_metric([], self.stall_seconds)
         now = self.clock()
-        for source in list(self._sources):
-            # A copy made in one step: the event loop's thread adds and removes searches meanwhile.
-            for record, state in source.live.copy().values():
-                try:
-                    samples = self._samples(record, state, now)
-                except Exception:  # one search read mid-change must not fail the whole scrape
-                    log.warning("search metrics skipped", extra={"search": record.id}, exc_info=True)
-                    continue
-                for key, labels, value in samples:
-                    families[key].add_metric(labels, value)
+        seen: set[str] = set()
+        with self._lock:
+            for source in list(self._sources):
+                # A copy made in one step: the event loop's thread adds and removes searches meanwhile.
+                for record, state in source.live.copy().values():
+                    seen.add(record.id)
+                    try:
+                        samples = self._samples(record, state, now)
+                    except Exception:  # one search read mid-change must not fail the whole scrape
+                        log.warning("search metrics skipped", extra={"search": record.id}, exc_info=True)
+                        continue
+                    for key, labels, value in samples:
+                        families[key].add_metric(labels, value)
+            for gone in self._progress.keys() - seen:
+                del self._progress[gone]
         return list(families.values())
+
+    def _progressed_at(self, search_id: str, completed: int, now: float) -> float:
+        """When a scrape first saw the search with ``completed`` finished iterations."""
+        last = self._progress.get(search_id)
+        if last is None or last[0] != completed:
+            last = (completed, now)
+            self._progress[search_id] = last
+        return last[1]
 
     def _families(self) -> dict[str, GaugeMetricFamily]:
         def family(name: str, doc: str, *extra: str) -> GaugeMetricFamily:
@@ -146,6 +168,14 @@ class RunningSearches(Collector):
             "tokens": family("llm_tokens", "LLM tokens spent", "kind"),
             "cost": family("llm_cost_usd", "LLM spend in US dollars at the configured prices"),
             "budget": family("budget_used_ratio", "Used fraction of each budget set (1 = spent)", "budget"),
+            "progressed": family(
+                "progress_timestamp_seconds",
+                "Unix time a scrape first saw the current count of finished iterations",
+            ),
+            "threshold": GaugeMetricFamily(
+                PREFIX + "stall_threshold_seconds",
+                "A running search that finishes no iteration for this long is stalled (the alert's setting).",
+            ),
         }
 
     def _samples(
@@ -164,6 +194,7 @@ class RunningSearches(Collector):
             ("restart", labels, state.restart),
             ("iteration", labels, state.iteration),
             ("completed", labels, len(iterations)),
+            ("progressed", labels, self._progressed_at(record.id, len(iterations), now)),
         ]
         out += [("phase", [*labels, phase.value], float(state.phase is phase)) for phase in Phase]
         u = state.usage

@@ -57,6 +57,12 @@ class CoordinatorSettings(ServerSettings):
         description="Searches waiting to run (PENDING, counted in the store over every replica); "
         "StartSearch past it is RESOURCE_EXHAUSTED with a retry delay",
     )
+    search_stall_seconds: float = Field(
+        1800.0,
+        gt=0,
+        description="A running search that finishes no iteration for this long is stalled: the "
+        "PromptclimbSearchStalled alert reads it from promptclimb_coordinator_search_stall_threshold_seconds",
+    )
     llm_prices: list[str] = Field(
         default_factory=list,
         description="LLM prices (repeatable) MODEL=USD_PER_1K_PROMPT,USD_PER_1K_COMPLETION, e.g. "

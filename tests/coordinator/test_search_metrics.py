@@ -114,6 +114,7 @@ def test_a_running_search_is_exported_with_its_progress_and_budget_use() -> None
         "restart": 0,
         "iteration": 2,
         "iterations_completed": 2,
+        "progress_timestamp_seconds": START + 25.0,  # first seen with 2 iterations at this scrape
         "phase[phase=seeding]": 0,
         "phase[phase=proposing]": 1,
         "phase[phase=scoring]": 0,
@@ -165,10 +166,10 @@ def test_several_runners_and_an_untracked_one() -> None:
     collector = RunningSearches()
     collector.track(a)
     collector.track(b)
-    ids = {dict(labels).get("search_id") for _, labels in _scrape(collector)}
+    ids = {dict(labels)["search_id"] for _, labels in _scrape(collector) if labels}
     assert ids == {"a", "b"}
     collector.untrack(b)
-    assert {dict(labels).get("search_id") for _, labels in _scrape(collector)} == {"a"}
+    assert {dict(labels)["search_id"] for _, labels in _scrape(collector) if labels} == {"a"}
 
 
 def _unimproved(budget: str) -> float:
@@ -219,3 +220,31 @@ async def test_a_search_taken_over_by_a_peer_leaves_this_replicas_series(harness
     assert exported() == {}
     record = harness.store.get(search.id)
     assert record is not None and record.state == "RUNNING" and record.lease_owner == "peer-replica"
+
+
+def test_progress_time_is_when_a_scrape_first_saw_the_iteration_count() -> None:
+    config = SearchConfig(dataset="pets")
+    state = SearchState(config)
+    runner = Runner({"s1": (_record("s1", config), state)})
+    now = [START]
+    collector = RunningSearches(clock=lambda: now[0], stall_seconds=900.0)
+    collector.track(runner)
+
+    def scrape() -> tuple[float, float]:
+        samples = _scrape(collector)
+        threshold = samples[("promptclimb_coordinator_search_stall_threshold_seconds", ())]
+        return _values(samples, "s1")["progress_timestamp_seconds"], threshold
+
+    assert scrape() == (START, 900.0)
+    now[0] += 60
+    assert scrape() == (START, 900.0)  # still seeding: no progress
+    state.iterations.append(IterationSummary(0, 0, 0.5, 0.4, 2))
+    now[0] += 60
+    assert scrape()[0] == START + 120  # an iteration finished since the last scrape
+    now[0] += 600
+    assert scrape()[0] == START + 120
+    del runner.live["s1"]
+    _scrape(collector)  # gone: forgotten
+    runner.live["s1"] = (_record("s1", config), state)  # back (resumed here): a fresh wait
+    now[0] += 5
+    assert scrape()[0] == START + 725

@@ -88,6 +88,7 @@ class Run:
     held: list[coordinator_pb2.Search] = field(default_factory=list)  # GetSearch at each hold
     exported: list[dict[str, float]] = field(default_factory=list)  # /metrics at each hold
     from_prometheus: list[dict[str, float]] = field(default_factory=list)  # Prometheus at each hold
+    scraped_at: list[float] = field(default_factory=list)  # when the test read /metrics at each hold
     labels: dict[str, str] = field(default_factory=dict)  # of one series, as Prometheus stored them
     metrics_lint: tuple[int, str] = (0, "")  # promtool check metrics on /metrics while running
     final: coordinator_pb2.Search | None = None
@@ -193,6 +194,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 str(root / "searches.db"),
                 "--llm-price",
                 "*=0.5,1.5",  # a cost to compare, not 0
+                "--search-stall-seconds",
+                "900",
             ],
             env,
             root,
@@ -229,6 +232,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 held_since = time.time()
                 before = get()
                 exported = coordinator.metrics_text()
+                result.scraped_at.append(time.time())
                 after = get()
                 assert after == before, "the search moved while its LLM call was held"
                 result.held.append(before)
@@ -288,10 +292,16 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
 
 def test_while_it_runs_the_series_equal_what_getsearch_reports(run: Run) -> None:
     assert [s.iteration for s in run.held] == list(range(1, LLM_CALLS + 1))
+    progressed = []
     for s, exported in zip(run.held, run.exported, strict=True):
         assert s.state == coordinator_pb2.SEARCH_STATE_RUNNING
         assert s.phase == coordinator_pb2.SEARCH_PHASE_PROPOSING
+        exported = dict(exported)
+        progressed.append(exported.pop("progress_timestamp_seconds"))  # not a GetSearch field
         assert exported == _expected(s)
+    # One more iteration finished at each hold: each seen later than the one before, while running.
+    assert run.started <= progressed[0] and progressed == sorted(set(progressed))
+    assert all(p <= t for p, t in zip(progressed, run.scraped_at, strict=True))
     assert run.held[-1].usage.llm_calls == LLM_CALLS - 1 and run.held[-1].usage.cost_usd > 0
 
 
@@ -316,6 +326,10 @@ def test_the_series_carry_the_searchs_bounded_labels(run: Run) -> None:
         "instance": f"127.0.0.1:{run.stack.services['coordinator'].metrics_port}",
     }
     assert common_pb2.Strategy.Name(s.spec.strategy) == "STRATEGY_CONTRAST"
+
+
+def test_the_stall_threshold_is_the_coordinators_setting(run: Run) -> None:
+    assert "\npromptclimb_coordinator_search_stall_threshold_seconds 900.0\n" in run.metrics_after
 
 
 def test_the_metrics_page_passes_promtool(run: Run) -> None:
