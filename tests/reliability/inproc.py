@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import grpc
@@ -82,3 +85,46 @@ def raw_call(
     except grpc.RpcError as err:
         return err.code()  # type: ignore[no-any-return]
     return grpc.StatusCode.OK
+
+
+def chosen_by_request(replies: Sequence[str]) -> Callable[[dict[str, Any]], str]:
+    """A fake LLM's reply function: one of ``replies`` chosen by the request's content (stable)."""
+
+    def reply(body: dict[str, Any]) -> str:
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).digest()
+        return replies[digest[0] % len(replies)]
+
+    return reply
+
+
+@contextmanager
+def optimizer_on_fake_llm(reply: Callable[[dict[str, Any]], str]) -> Iterator[grpc.Channel]:
+    """A real optimizer server on a background loop, its LLM a FakeOpenAI answering ``reply``.
+
+    Yields a blocking channel (64 MiB sends, for huge hostile requests) once health is SERVING.
+    """
+    from promptclimb.testing.fake_openai import FakeOpenAI
+    from services.optimizer.main import SERVICE_NAME, build_server
+    from services.optimizer.settings import OptimizerSettings
+
+    with FakeOpenAI(default=reply) as llm:
+        settings = OptimizerSettings(
+            port=0,
+            llm_base_url=llm.base_url,
+            llm_model="fake-model",
+            probe_endpoint=False,
+            max_retries=0,
+            timeout_seconds=10,
+            max_message_bytes=4 * 1024 * 1024,
+        )
+        loop = LoopThread()
+        server, backend = build_server(settings)
+        port = loop.run(server.start())
+        loop.run(server.set_ready())
+        options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            wait_serving(channel, ["", SERVICE_NAME])
+            yield channel
+        loop.run(server.stop(0))
+        loop.run(backend.close())
+        loop.close()

@@ -8,11 +8,8 @@ still say SERVING afterwards.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 import pytest
@@ -21,11 +18,8 @@ from hypothesis import strategies as st
 
 from promptclimb.api.v1 import common_pb2, optimizer_pb2, optimizer_pb2_grpc, scorer_pb2, scorer_pb2_grpc
 from promptclimb.common.server import ServiceServer
-from promptclimb.testing.fake_openai import FakeOpenAI
 from promptclimb.testing.tiny_clip import TINY_CLASSES, make_image_folder, make_tiny_model_dir
 from services.optimizer.main import SERVICE_NAME as OPTIMIZER_SERVICE
-from services.optimizer.main import build_server as build_optimizer
-from services.optimizer.settings import OptimizerSettings
 from services.scorer.datasets import parse_dataset_spec
 from services.scorer.engine import ScoringEngine
 from services.scorer.servicer import SERVICE_NAME as SCORER_SERVICE
@@ -43,7 +37,14 @@ from tests.reliability.hostile import (
     hostile_text,
     mostly,
 )
-from tests.reliability.inproc import SERVING, LoopThread, call, health_status
+from tests.reliability.inproc import (
+    SERVING,
+    LoopThread,
+    call,
+    chosen_by_request,
+    health_status,
+    optimizer_on_fake_llm,
+)
 
 C = grpc.StatusCode
 # Not UNAVAILABLE: both services are SERVING before the first case (and the fake LLM always answers).
@@ -175,34 +176,13 @@ GARBAGE_REPLIES = [
 ]
 
 
-def garbage(body: dict[str, Any]) -> str:
-    """A garbage reply chosen by the request's content (stable for a given request)."""
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).digest()
-    return GARBAGE_REPLIES[digest[0] % len(GARBAGE_REPLIES)]
+garbage = chosen_by_request(GARBAGE_REPLIES)  # stable for a given request
 
 
 @pytest.fixture(scope="module")
 def optimizer(error_log: ErrorLog) -> Iterator[Served]:
-    with FakeOpenAI(default=garbage) as llm:
-        settings = OptimizerSettings(
-            port=0,
-            llm_base_url=llm.base_url,
-            llm_model="fake-model",
-            probe_endpoint=False,
-            max_retries=0,
-            timeout_seconds=10,
-            max_message_bytes=4 * 1024 * 1024,
-        )
-        loop = LoopThread()
-        server, backend = build_optimizer(settings)
-        port = loop.run(server.start())
-        loop.run(server.set_ready())
-        options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
-        with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
-            yield Served(channel, OPTIMIZER_SERVICE, error_log)
-        loop.run(server.stop(0))
-        loop.run(backend.close())
-        loop.close()
+    with optimizer_on_fake_llm(garbage) as channel:
+        yield Served(channel, OPTIMIZER_SERVICE, error_log)
 
 
 FLOWERS = ["rose", "tulip", "sun_flower"]

@@ -6,11 +6,8 @@ text), so both what the client sends and what the model says are hostile at once
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 import pytest
@@ -18,9 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from promptclimb.api.v1 import common_pb2, optimizer_pb2, optimizer_pb2_grpc
-from promptclimb.testing.fake_openai import FakeOpenAI
-from services.optimizer.main import SERVICE_NAME, build_server
-from services.optimizer.settings import OptimizerSettings
+from services.optimizer.main import SERVICE_NAME
 from tests.reliability.conftest import ErrorLog
 from tests.reliability.hostile import (
     DOUBLE,
@@ -32,7 +27,14 @@ from tests.reliability.hostile import (
     hostile_list,
     hostile_text,
 )
-from tests.reliability.inproc import SERVING, LoopThread, call, health_status, raw_call, wait_serving
+from tests.reliability.inproc import (
+    SERVING,
+    call,
+    chosen_by_request,
+    health_status,
+    optimizer_on_fake_llm,
+    raw_call,
+)
 
 C = grpc.StatusCode
 # Not UNAVAILABLE: the fake LLM always answers (garbage) and the tests start once the optimizer is
@@ -54,10 +56,7 @@ GARBAGE_REPLIES = [
 ]
 
 
-def garbage(body: dict[str, Any]) -> str:
-    """A garbage reply chosen by the request's content (stable for a given request)."""
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).digest()
-    return GARBAGE_REPLIES[digest[0] % len(GARBAGE_REPLIES)]
+garbage = chosen_by_request(GARBAGE_REPLIES)  # stable for a given request
 
 
 @dataclass
@@ -74,27 +73,8 @@ class Optimizer:
 
 @pytest.fixture(scope="module")
 def optimizer(error_log: ErrorLog) -> Iterator[Optimizer]:
-    with FakeOpenAI(default=garbage) as llm:
-        settings = OptimizerSettings(
-            port=0,
-            llm_base_url=llm.base_url,
-            llm_model="fake-model",
-            probe_endpoint=False,
-            max_retries=0,
-            timeout_seconds=10,
-            max_message_bytes=4 * 1024 * 1024,
-        )
-        loop = LoopThread()
-        server, backend = build_server(settings)
-        port = loop.run(server.start())
-        loop.run(server.set_ready())
-        options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
-        with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
-            wait_serving(channel, ["", SERVICE_NAME])
-            yield Optimizer(channel, optimizer_pb2_grpc.OptimizerServiceStub(channel), error_log)
-        loop.run(server.stop(0))
-        loop.run(backend.close())
-        loop.close()
+    with optimizer_on_fake_llm(garbage) as channel:
+        yield Optimizer(channel, optimizer_pb2_grpc.OptimizerServiceStub(channel), error_log)
 
 
 def scored(accuracy: st.SearchStrategy[float]) -> st.SearchStrategy[common_pb2.ScoredTemplate]:
