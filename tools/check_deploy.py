@@ -437,9 +437,15 @@ def check_models(ctx: Context) -> list[str]:
     if not users:
         problems.append("no overlay uses deploy/k8s/components/models")
     for overlay in users:
+        objects = ctx.render(overlay)
+        config_maps = _config_maps(objects)
+        envs = {
+            o["metadata"]["name"]: _container_env(o["spec"]["template"]["spec"]["containers"][0], config_maps)
+            for o in objects
+            if o.get("kind") == "Deployment"
+        }
         problems += [
-            f"{ctx.rel(overlay)}: {p}"
-            for p in rendered_problems(ctx.render(overlay), layout.models_component)
+            f"{ctx.rel(overlay)}: {p}" for p in rendered_problems(objects, envs, layout.models_component)
         ]
     return problems
 

@@ -26,8 +26,9 @@ from typing import Any
 
 import yaml
 
+from services.coordinator.settings import MODEL_ID, parse_scorer_entries
+
 HEADER = "# Generated from models.yaml by tools/check_deploy.py --write; do not edit.\n"
-MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")  # services/coordinator/settings.py MODEL_ID
 NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?")  # the part of an object name a model gives
 PORT = 50051
 
@@ -186,46 +187,41 @@ def stale_files(models_dir: Path, base_scorer: Path) -> list[str]:
     ]
 
 
-def rendered_problems(objects: list[dict[str, Any]], models_dir: Path) -> list[str]:
-    """What a rendered overlay using the component must hold for every listed model."""
+def rendered_problems(
+    objects: list[dict[str, Any]], envs: dict[str, dict[str, str]], models_dir: Path
+) -> list[str]:
+    """What a rendered overlay using the component must hold for every listed model.
+
+    ``envs``: each Deployment's environment as its container gets it (check_deploy resolves it).
+    """
     namespace, models = load_models(models_dir / "models.yaml")
     by_kind: dict[tuple[str, str], dict[str, Any]] = {
         (o["kind"], o["metadata"]["name"]): o for o in objects if "metadata" in o
     }
-    config = {o["metadata"]["name"]: o.get("data", {}) for o in objects if o.get("kind") == "ConfigMap"}
-    problems = []
-    coordinator_env: dict[str, str] = {}
-    coordinator = by_kind.get(("Deployment", "coordinator"))
-    if coordinator is None:
+    if "coordinator" not in envs:
         return ["no coordinator Deployment"]
-    for source in coordinator["spec"]["template"]["spec"]["containers"][0].get("envFrom", []):
-        coordinator_env.update(config.get(source.get("configMapRef", {}).get("name", ""), {}))
-    entries = dict(
-        e.partition("=")[::2]
-        for e in coordinator_env.get("PROMPTCLIMB_COORDINATOR_SCORER", "").split()
-        if "=" in e
-    )
+    scorer_map = envs["coordinator"].get("PROMPTCLIMB_COORDINATOR_SCORER", "")
+    try:
+        entries = {e.id: e.target for e in parse_scorer_entries(scorer_map.split())}
+    except ValueError as exc:
+        return [f"the coordinator's scorer map {scorer_map!r}: {exc}"]
+    base_service = by_kind.get(("Service", "scorer-headless"))
+    base_selector = base_service["spec"]["selector"] if base_service is not None else None
+    problems = []
     for m in models:
         d = by_kind.get(("Deployment", m.deployment))
         if d is None:
             problems.append(f"model {m.id}: no Deployment {m.deployment}")
             continue
-        env: dict[str, str] = {}
-        for source in d["spec"]["template"]["spec"]["containers"][0].get("envFrom", []):
-            env.update(config.get(source.get("configMapRef", {}).get("name", ""), {}))
+        env = envs[m.deployment]
         if env.get("PROMPTCLIMB_SCORER_MODEL_ID") != m.id or env.get("PROMPTCLIMB_SCORER_MODEL") != m.model:
             problems.append(f"model {m.id}: Deployment {m.deployment} does not serve it (env {env})")
         pods = d["spec"]["template"]["metadata"]["labels"]
         headless = by_kind.get(("Service", f"{m.deployment}-headless"))
         if headless is None or any(pods.get(k) != v for k, v in headless["spec"]["selector"].items()):
-            problems.append(f"model {m.id}: no headless Service selecting only its pods")
+            problems.append(f"model {m.id}: no headless Service selecting its pods")
         if entries.get(m.id) != headless_target(f"{m.deployment}-headless", namespace):
             problems.append(f"model {m.id}: the coordinator's scorer map has {entries.get(m.id)!r}")
-    base_service = by_kind.get(("Service", "scorer-headless"))
-    if base_service is not None:
-        for m in models:
-            d = by_kind.get(("Deployment", m.deployment))
-            labels = d["spec"]["template"]["metadata"]["labels"] if d else {}
-            if all(labels.get(k) == v for k, v in base_service["spec"]["selector"].items()):
-                problems.append(f"model {m.id}: the default scorer's Service also selects its pods")
+        if base_selector is not None and all(pods.get(k) == v for k, v in base_selector.items()):
+            problems.append(f"model {m.id}: the default scorer's Service also selects its pods")
     return problems
