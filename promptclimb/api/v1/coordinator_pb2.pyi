@@ -127,7 +127,7 @@ class InitialPool(_message.Message):
     def __init__(self, named_pool: _Optional[str] = ..., templates: _Optional[_Union[TemplateList, _Mapping]] = ..., llm_starters: _Optional[int] = ...) -> None: ...
 
 class SearchSpec(_message.Message):
-    __slots__ = ("dataset", "selection_split", "evaluation_split", "strategy", "best_k", "worst_k", "temperature", "initial_pool", "restarts", "iterations", "templates_per_iteration", "budget", "seed", "task_description", "ensemble_k", "display_name", "patience", "min_delta", "mix", "mix_mode", "objective", "objective_weight", "model", "transfer_models", "objective_models", "objective_aggregate")
+    __slots__ = ("dataset", "selection_split", "evaluation_split", "strategy", "best_k", "worst_k", "temperature", "initial_pool", "restarts", "iterations", "templates_per_iteration", "budget", "seed", "task_description", "ensemble_k", "display_name", "patience", "min_delta", "mix", "mix_mode", "objective", "objective_weight", "model", "transfer_models", "objective_models", "objective_aggregate", "descriptions")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SELECTION_SPLIT_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_SPLIT_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +154,7 @@ class SearchSpec(_message.Message):
     TRANSFER_MODELS_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVE_MODELS_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVE_AGGREGATE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     selection_split: str
     evaluation_split: str
@@ -180,7 +181,26 @@ class SearchSpec(_message.Message):
     transfer_models: _containers.RepeatedScalarFieldContainer[str]
     objective_models: _containers.RepeatedScalarFieldContainer[str]
     objective_aggregate: ObjectiveAggregate
-    def __init__(self, dataset: _Optional[str] = ..., selection_split: _Optional[str] = ..., evaluation_split: _Optional[str] = ..., strategy: _Optional[_Union[_common_pb2.Strategy, str]] = ..., best_k: _Optional[int] = ..., worst_k: _Optional[int] = ..., temperature: _Optional[float] = ..., initial_pool: _Optional[_Union[InitialPool, _Mapping]] = ..., restarts: _Optional[int] = ..., iterations: _Optional[int] = ..., templates_per_iteration: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., seed: _Optional[int] = ..., task_description: _Optional[str] = ..., ensemble_k: _Optional[int] = ..., display_name: _Optional[str] = ..., patience: _Optional[int] = ..., min_delta: _Optional[float] = ..., mix: _Optional[_Iterable[_Union[_common_pb2.Strategy, str]]] = ..., mix_mode: _Optional[_Union[MixMode, str]] = ..., objective: _Optional[_Union[Objective, str]] = ..., objective_weight: _Optional[float] = ..., model: _Optional[str] = ..., transfer_models: _Optional[_Iterable[str]] = ..., objective_models: _Optional[_Iterable[str]] = ..., objective_aggregate: _Optional[_Union[ObjectiveAggregate, str]] = ...) -> None: ...
+    descriptions: DescriptionSearchSpec
+    def __init__(self, dataset: _Optional[str] = ..., selection_split: _Optional[str] = ..., evaluation_split: _Optional[str] = ..., strategy: _Optional[_Union[_common_pb2.Strategy, str]] = ..., best_k: _Optional[int] = ..., worst_k: _Optional[int] = ..., temperature: _Optional[float] = ..., initial_pool: _Optional[_Union[InitialPool, _Mapping]] = ..., restarts: _Optional[int] = ..., iterations: _Optional[int] = ..., templates_per_iteration: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., seed: _Optional[int] = ..., task_description: _Optional[str] = ..., ensemble_k: _Optional[int] = ..., display_name: _Optional[str] = ..., patience: _Optional[int] = ..., min_delta: _Optional[float] = ..., mix: _Optional[_Iterable[_Union[_common_pb2.Strategy, str]]] = ..., mix_mode: _Optional[_Union[MixMode, str]] = ..., objective: _Optional[_Union[Objective, str]] = ..., objective_weight: _Optional[float] = ..., model: _Optional[str] = ..., transfer_models: _Optional[_Iterable[str]] = ..., objective_models: _Optional[_Iterable[str]] = ..., objective_aggregate: _Optional[_Union[ObjectiveAggregate, str]] = ..., descriptions: _Optional[_Union[DescriptionSearchSpec, _Mapping]] = ...) -> None: ...
+
+class DescriptionSearchSpec(_message.Message):
+    __slots__ = ("descriptions_per_class", "rounds", "weakest_k", "top_confusions", "max_classes_per_call", "template", "from_search")
+    DESCRIPTIONS_PER_CLASS_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    WEAKEST_K_FIELD_NUMBER: _ClassVar[int]
+    TOP_CONFUSIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CLASSES_PER_CALL_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    FROM_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    descriptions_per_class: int
+    rounds: int
+    weakest_k: int
+    top_confusions: int
+    max_classes_per_call: int
+    template: str
+    from_search: str
+    def __init__(self, descriptions_per_class: _Optional[int] = ..., rounds: _Optional[int] = ..., weakest_k: _Optional[int] = ..., top_confusions: _Optional[int] = ..., max_classes_per_call: _Optional[int] = ..., template: _Optional[str] = ..., from_search: _Optional[str] = ...) -> None: ...
 
 class IterationSummary(_message.Message):
     __slots__ = ("restart", "iteration", "best_accuracy", "mean_accuracy", "num_templates", "propose_seconds", "score_seconds")
@@ -201,7 +221,7 @@ class IterationSummary(_message.Message):
     def __init__(self, restart: _Optional[int] = ..., iteration: _Optional[int] = ..., best_accuracy: _Optional[float] = ..., mean_accuracy: _Optional[float] = ..., num_templates: _Optional[int] = ..., propose_seconds: _Optional[float] = ..., score_seconds: _Optional[float] = ...) -> None: ...
 
 class SearchResult(_message.Message):
-    __slots__ = ("best", "best_evaluation_accuracy", "ensemble_templates", "ensemble_evaluation_accuracy", "partial", "tied_templates", "greedy_ensemble_templates", "greedy_ensemble_evaluation_accuracy", "transfer")
+    __slots__ = ("best", "best_evaluation_accuracy", "ensemble_templates", "ensemble_evaluation_accuracy", "partial", "tied_templates", "greedy_ensemble_templates", "greedy_ensemble_evaluation_accuracy", "transfer", "descriptions")
     BEST_FIELD_NUMBER: _ClassVar[int]
     BEST_EVALUATION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     ENSEMBLE_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +231,7 @@ class SearchResult(_message.Message):
     GREEDY_ENSEMBLE_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     GREEDY_ENSEMBLE_EVALUATION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
     best: _common_pb2.ScoredTemplate
     best_evaluation_accuracy: float
     ensemble_templates: _containers.RepeatedScalarFieldContainer[str]
@@ -220,7 +241,56 @@ class SearchResult(_message.Message):
     greedy_ensemble_templates: _containers.RepeatedScalarFieldContainer[str]
     greedy_ensemble_evaluation_accuracy: float
     transfer: _containers.RepeatedCompositeFieldContainer[TransferScore]
-    def __init__(self, best: _Optional[_Union[_common_pb2.ScoredTemplate, _Mapping]] = ..., best_evaluation_accuracy: _Optional[float] = ..., ensemble_templates: _Optional[_Iterable[str]] = ..., ensemble_evaluation_accuracy: _Optional[float] = ..., partial: _Optional[bool] = ..., tied_templates: _Optional[_Iterable[str]] = ..., greedy_ensemble_templates: _Optional[_Iterable[str]] = ..., greedy_ensemble_evaluation_accuracy: _Optional[float] = ..., transfer: _Optional[_Iterable[_Union[TransferScore, _Mapping]]] = ...) -> None: ...
+    descriptions: DescriptionSearchResult
+    def __init__(self, best: _Optional[_Union[_common_pb2.ScoredTemplate, _Mapping]] = ..., best_evaluation_accuracy: _Optional[float] = ..., ensemble_templates: _Optional[_Iterable[str]] = ..., ensemble_evaluation_accuracy: _Optional[float] = ..., partial: _Optional[bool] = ..., tied_templates: _Optional[_Iterable[str]] = ..., greedy_ensemble_templates: _Optional[_Iterable[str]] = ..., greedy_ensemble_evaluation_accuracy: _Optional[float] = ..., transfer: _Optional[_Iterable[_Union[TransferScore, _Mapping]]] = ..., descriptions: _Optional[_Union[DescriptionSearchResult, _Mapping]] = ...) -> None: ...
+
+class ClassDescriptionResult(_message.Message):
+    __slots__ = ("class_name", "descriptions", "selection_accuracy")
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    class_name: str
+    descriptions: _containers.RepeatedScalarFieldContainer[str]
+    selection_accuracy: float
+    def __init__(self, class_name: _Optional[str] = ..., descriptions: _Optional[_Iterable[str]] = ..., selection_accuracy: _Optional[float] = ...) -> None: ...
+
+class DescriptionRound(_message.Message):
+    __slots__ = ("round", "rewritten", "selection_accuracy", "selection_loss", "accepted")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    REWRITTEN_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_LOSS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    rewritten: _containers.RepeatedScalarFieldContainer[str]
+    selection_accuracy: float
+    selection_loss: float
+    accepted: bool
+    def __init__(self, round: _Optional[int] = ..., rewritten: _Optional[_Iterable[str]] = ..., selection_accuracy: _Optional[float] = ..., selection_loss: _Optional[float] = ..., accepted: _Optional[bool] = ...) -> None: ...
+
+class DescriptionSearchResult(_message.Message):
+    __slots__ = ("classes", "selection_accuracy", "evaluation_accuracy", "template", "template_selection_accuracy", "template_evaluation_accuracy", "initial_selection_accuracy", "missing", "rounds", "from_search")
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_SELECTION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_EVALUATION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_SELECTION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    FROM_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    classes: _containers.RepeatedCompositeFieldContainer[ClassDescriptionResult]
+    selection_accuracy: float
+    evaluation_accuracy: float
+    template: str
+    template_selection_accuracy: float
+    template_evaluation_accuracy: float
+    initial_selection_accuracy: float
+    missing: _containers.RepeatedScalarFieldContainer[str]
+    rounds: _containers.RepeatedCompositeFieldContainer[DescriptionRound]
+    from_search: str
+    def __init__(self, classes: _Optional[_Iterable[_Union[ClassDescriptionResult, _Mapping]]] = ..., selection_accuracy: _Optional[float] = ..., evaluation_accuracy: _Optional[float] = ..., template: _Optional[str] = ..., template_selection_accuracy: _Optional[float] = ..., template_evaluation_accuracy: _Optional[float] = ..., initial_selection_accuracy: _Optional[float] = ..., missing: _Optional[_Iterable[str]] = ..., rounds: _Optional[_Iterable[_Union[DescriptionRound, _Mapping]]] = ..., from_search: _Optional[str] = ...) -> None: ...
 
 class TransferScore(_message.Message):
     __slots__ = ("model", "best_evaluation_accuracy", "ensemble_evaluation_accuracy", "plain_template", "plain_evaluation_accuracy")
@@ -279,18 +349,46 @@ class Search(_message.Message):
     def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., spec: _Optional[_Union[SearchSpec, _Mapping]] = ..., state: _Optional[_Union[SearchState, str]] = ..., phase: _Optional[_Union[SearchPhase, str]] = ..., restart: _Optional[int] = ..., iteration: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., best: _Optional[_Union[_common_pb2.ScoredTemplate, _Mapping]] = ..., result: _Optional[_Union[SearchResult, _Mapping]] = ..., history: _Optional[_Iterable[_Union[_common_pb2.ScoredTemplate, _Mapping]]] = ..., iterations: _Optional[_Iterable[_Union[IterationSummary, _Mapping]]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., wall_seconds: _Optional[float] = ..., end_reason: _Optional[str] = ..., error_code: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class StartSearchRequest(_message.Message):
-    __slots__ = ("spec", "request_id")
+    __slots__ = ("spec", "request_id", "validate_only")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     spec: SearchSpec
     request_id: str
-    def __init__(self, spec: _Optional[_Union[SearchSpec, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    validate_only: bool
+    def __init__(self, spec: _Optional[_Union[SearchSpec, _Mapping]] = ..., request_id: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class StartSearchResponse(_message.Message):
-    __slots__ = ("search",)
+    __slots__ = ("search", "plan")
     SEARCH_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     search: Search
-    def __init__(self, search: _Optional[_Union[Search, _Mapping]] = ...) -> None: ...
+    plan: SearchPlan
+    def __init__(self, search: _Optional[_Union[Search, _Mapping]] = ..., plan: _Optional[_Union[SearchPlan, _Mapping]] = ...) -> None: ...
+
+class SearchPlan(_message.Message):
+    __slots__ = ("llm_calls", "prompt_tokens", "completion_tokens", "cost_usd", "evaluations", "num_classes", "stopped_by", "basis", "priced_as", "max_llm_calls")
+    LLM_CALLS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_BY_FIELD_NUMBER: _ClassVar[int]
+    BASIS_FIELD_NUMBER: _ClassVar[int]
+    PRICED_AS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LLM_CALLS_FIELD_NUMBER: _ClassVar[int]
+    llm_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    evaluations: int
+    num_classes: int
+    stopped_by: _containers.RepeatedScalarFieldContainer[str]
+    basis: str
+    priced_as: str
+    max_llm_calls: int
+    def __init__(self, llm_calls: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ..., evaluations: _Optional[int] = ..., num_classes: _Optional[int] = ..., stopped_by: _Optional[_Iterable[str]] = ..., basis: _Optional[str] = ..., priced_as: _Optional[str] = ..., max_llm_calls: _Optional[int] = ...) -> None: ...
 
 class GetSearchRequest(_message.Message):
     __slots__ = ("name", "view")

@@ -110,3 +110,25 @@ class ProposeDescriptionsResponse(_message.Message):
     latency_seconds: float
     structured: bool
     def __init__(self, descriptions: _Optional[_Iterable[_Union[_common_pb2.ClassDescriptions, _Mapping]]] = ..., missing: _Optional[_Iterable[str]] = ..., rejected: _Optional[_Iterable[_Union[RejectedCandidate, _Mapping]]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ..., latency_seconds: _Optional[float] = ..., structured: _Optional[bool] = ...) -> None: ...
+
+class PlanDescriptionsRequest(_message.Message):
+    __slots__ = ("request",)
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    request: ProposeDescriptionsRequest
+    def __init__(self, request: _Optional[_Union[ProposeDescriptionsRequest, _Mapping]] = ...) -> None: ...
+
+class PlanDescriptionsResponse(_message.Message):
+    __slots__ = ("llm_calls", "max_llm_calls", "prompt_tokens", "completion_tokens", "model", "classes_per_call")
+    LLM_CALLS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LLM_CALLS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_PER_CALL_FIELD_NUMBER: _ClassVar[int]
+    llm_calls: int
+    max_llm_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    model: str
+    classes_per_call: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, llm_calls: _Optional[int] = ..., max_llm_calls: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., model: _Optional[str] = ..., classes_per_call: _Optional[_Iterable[int]] = ...) -> None: ...

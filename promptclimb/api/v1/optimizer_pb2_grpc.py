@@ -45,6 +45,11 @@ class OptimizerServiceStub:
                 request_serializer=promptclimb_dot_api_dot_v1_dot_optimizer__pb2.ProposeDescriptionsRequest.SerializeToString,
                 response_deserializer=promptclimb_dot_api_dot_v1_dot_optimizer__pb2.ProposeDescriptionsResponse.FromString,
                 _registered_method=True)
+        self.PlanDescriptions = channel.unary_unary(
+                '/promptclimb.api.v1.OptimizerService/PlanDescriptions',
+                request_serializer=promptclimb_dot_api_dot_v1_dot_optimizer__pb2.PlanDescriptionsRequest.SerializeToString,
+                response_deserializer=promptclimb_dot_api_dot_v1_dot_optimizer__pb2.PlanDescriptionsResponse.FromString,
+                _registered_method=True)
 
 
 class OptimizerServiceServicer:
@@ -66,6 +71,16 @@ class OptimizerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlanDescriptions(self, request, context):
+        """What a ProposeDescriptions request would take, without calling the LLM: the same batching
+        (context window, completion cap, max_classes_per_call), each batch's prompt tokens counted as
+        the real call would count them, and the reply room reserved per class (an upper bound of the
+        completion tokens). For a description search's --dry-run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +93,11 @@ def add_OptimizerServiceServicer_to_server(servicer, server):
                     servicer.ProposeDescriptions,
                     request_deserializer=promptclimb_dot_api_dot_v1_dot_optimizer__pb2.ProposeDescriptionsRequest.FromString,
                     response_serializer=promptclimb_dot_api_dot_v1_dot_optimizer__pb2.ProposeDescriptionsResponse.SerializeToString,
+            ),
+            'PlanDescriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanDescriptions,
+                    request_deserializer=promptclimb_dot_api_dot_v1_dot_optimizer__pb2.PlanDescriptionsRequest.FromString,
+                    response_serializer=promptclimb_dot_api_dot_v1_dot_optimizer__pb2.PlanDescriptionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +155,33 @@ class OptimizerService:
             '/promptclimb.api.v1.OptimizerService/ProposeDescriptions',
             promptclimb_dot_api_dot_v1_dot_optimizer__pb2.ProposeDescriptionsRequest.SerializeToString,
             promptclimb_dot_api_dot_v1_dot_optimizer__pb2.ProposeDescriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanDescriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptclimb.api.v1.OptimizerService/PlanDescriptions',
+            promptclimb_dot_api_dot_v1_dot_optimizer__pb2.PlanDescriptionsRequest.SerializeToString,
+            promptclimb_dot_api_dot_v1_dot_optimizer__pb2.PlanDescriptionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
