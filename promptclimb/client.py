@@ -23,6 +23,10 @@ Example::
 :class:`ScorerClient` asks a scorer directly (``evaluate``, ``evaluate_ensemble``,
 ``evaluate_descriptions``, ``list_datasets``, ``register_dataset``, ``model_info``), e.g. to score
 a template by hand.
+
+A description search (per-class descriptions refined round by round) is
+``make_spec(dataset, descriptions=True, description_template="a photo of a {}.", rounds=3)``;
+:meth:`CoordinatorClient.plan` says what any spec would spend before it is started.
 """
 
 from __future__ import annotations
@@ -87,6 +91,14 @@ def make_spec(
     transfer_models: list[str] | None = None,
     objective_models: list[str] | None = None,
     objective_aggregate: str | None = None,
+    descriptions: bool = False,
+    descriptions_per_class: int | None = None,
+    rounds: int | None = None,
+    weakest_k: int | None = None,
+    top_confusions: int | None = None,
+    max_classes_per_call: int | None = None,
+    description_template: str = "",
+    from_search: str = "",
 ) -> coordinator_pb2.SearchSpec:
     """A ``SearchSpec`` from keyword arguments; 0 / empty leave the server's default.
 
@@ -95,6 +107,13 @@ def make_spec(
     ``model``: the scorer model to search on (a ListModels id; "" = the coordinator's default);
     ``transfer_models``: the found prompts also scored on these; ``objective_models``: selection
     scores aggregated over ``model`` and these by ``objective_aggregate`` (``"mean"`` or ``"min"``).
+
+    ``descriptions``: a description search instead of a template search (the template knobs are
+    then unused); ``descriptions_per_class``, ``rounds``, ``weakest_k``, ``top_confusions``,
+    ``max_classes_per_call``: None leaves the server's default (0 rounds = describe only);
+    ``description_template``: the slot template each description goes into (e.g. ``"a photo of a
+    {}."``); ``from_search``: a SUCCEEDED template search (``searches/ID`` or the bare id) whose best
+    template is used instead.
     """
     spec = coordinator_pb2.SearchSpec(
         dataset=dataset,
@@ -141,7 +160,29 @@ def make_spec(
         spec.initial_pool.llm_starters = llm_starters
     elif pool:
         spec.initial_pool.named_pool = pool
+    # Keyword names; the DescriptionSearchSpec field is the same but for "description_template".
+    knobs = {
+        "descriptions_per_class": descriptions_per_class,
+        "rounds": rounds,
+        "weakest_k": weakest_k,
+        "top_confusions": top_confusions,
+        "max_classes_per_call": max_classes_per_call,
+        "description_template": description_template or None,
+        "from_search": search_name(from_search) if from_search else None,
+    }
+    given = {k: v for k, v in knobs.items() if v is not None}  # 0 is a real value: rounds=0 describes only
+    if descriptions:
+        spec.descriptions.SetInParent()  # present even with every knob at its default: that marks the mode
+        for keyword, value in given.items():
+            setattr(spec.descriptions, keyword.removeprefix("description_"), value)
+    elif given:
+        raise ValueError(f"{', '.join(given)}: only for a description search (descriptions=True)")
     return spec
+
+
+def search_name(name: str) -> str:
+    """``searches/ID`` from ``searches/ID`` or the bare ``ID``."""
+    return name if name.startswith("searches/") else f"searches/{name}"
 
 
 def event_name(event: int) -> str:
@@ -226,6 +267,20 @@ class CoordinatorClient:
             spec = make_spec(**kwargs)
         request = coordinator_pb2.StartSearchRequest(spec=spec, request_id=request_id or uuid.uuid4().hex)
         return (await self.stub.StartSearch(request, timeout=self.timeout, metadata=self._metadata)).search
+
+    async def plan(
+        self, spec: coordinator_pb2.SearchSpec | None = None, **kwargs: Any
+    ) -> coordinator_pb2.SearchPlan:
+        """What the search of ``spec`` (or :func:`make_spec` keyword arguments) would spend at most:
+        LLM calls, estimated tokens, cost, evaluations and the budgets that would stop it.
+
+        Sent as StartSearch with ``validate_only``: the server checks the spec (INVALID_ARGUMENT,
+        NOT_FOUND… as a start would get) and starts and stores nothing.
+        """
+        if spec is None:
+            spec = make_spec(**kwargs)
+        request = coordinator_pb2.StartSearchRequest(spec=spec, validate_only=True)
+        return (await self.stub.StartSearch(request, timeout=self.timeout, metadata=self._metadata)).plan
 
     async def get(self, name: str, *, full: bool = True) -> coordinator_pb2.Search:
         """One search (``searches/ID`` or the bare id); ``full`` includes the scored history."""
