@@ -115,9 +115,39 @@ def add_parsers(commands: Any, services: Any) -> None:
         choices=["mean", "min"],
         help="how --objective-models' scores combine (default mean)",
     )
+    described = start.add_argument_group(
+        "descriptions",
+        "a description search: the LLM writes short visual descriptions for every class, then rewrites "
+        "the weakest classes each round, keeping a rewrite only when it scores higher; the "
+        "template-search options (--strategy, --mix, --pool, --template, --restarts, --iterations…) "
+        "are not used, the splits and budgets are",
+    )
+    described.add_argument("--descriptions", action="store_true", help="run a description search")
+    for flag, helptext in DESCRIPTION_KNOBS.items():
+        described.add_argument(flag, type=int, metavar="N", help=helptext)
+    slot = described.add_mutually_exclusive_group()
+    slot.add_argument(
+        "--description-template",
+        default="",
+        metavar="T",
+        help='slot template each description goes into, e.g. "a photo of a {}." (default: none, the '
+        "descriptions as they are)",
+    )
+    slot.add_argument(
+        "--from-search",
+        default="",
+        metavar="NAME",
+        help="searches/ID or ID of a SUCCEEDED template search: its best template is the slot template",
+    )
     start.add_argument("--name", dest="display_name", default="")
     start.add_argument("--request-id", help="idempotency key (a retried start returns the same search)")
     start.add_argument("--wait", action="store_true", help="follow the search with a progress bar")
+    start.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what the search would spend (LLM calls, tokens, cost, evaluations, the budgets that "
+        "would stop it) and start nothing; --wait is then ignored",
+    )
     _outputs(start)
     start.set_defaults(func=_search_start)
 
@@ -176,6 +206,16 @@ def add_parsers(commands: Any, services: Any) -> None:
     ev.set_defaults(func=_eval)
 
 
+# The description search's numeric knobs: flag -> help (the flag's dest is the make_spec keyword).
+DESCRIPTION_KNOBS = {
+    "--descriptions-per-class": "descriptions the LLM writes per class (default 3, at most 10)",
+    "--rounds": "refine rounds after the first descriptions (default 3; 0 = describe only)",
+    "--weakest-k": "weakest classes rewritten per round (default 3)",
+    "--top-confusions": "most frequent confusions shown to the LLM per round (default 50)",
+    "--max-classes-per-call": "most classes in one LLM call (default: the optimizer's, 8)",
+}
+
+
 def _target(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--coordinator",
@@ -202,6 +242,15 @@ def _outputs(p: argparse.ArgumentParser) -> None:
 def _search_start(args: argparse.Namespace) -> int:
     from promptclimb.client import make_spec
 
+    # Every description flag's dest is its make_spec keyword.
+    flags = (*DESCRIPTION_KNOBS, "--description-template", "--from-search")
+    dests = {f: f.removeprefix("--").replace("-", "_") for f in flags}
+    given = [f for f, dest in dests.items() if getattr(args, dest) not in (None, "")]
+    if given and not args.descriptions:
+        print(
+            f"error: {', '.join(given)}: only for a description search (add --descriptions)", file=sys.stderr
+        )
+        return 2
     spec = make_spec(
         args.dataset,
         selection_split=args.selection_split,
@@ -234,12 +283,23 @@ def _search_start(args: argparse.Namespace) -> int:
         transfer_models=args.transfer_models,
         objective_models=args.objective_models,
         objective_aggregate=args.objective_aggregate,
+        descriptions=args.descriptions,
+        **{dest: getattr(args, dest) for dest in dests.values()},
     )
 
     async def run() -> int:
         from promptclimb.client import CoordinatorClient
 
         async with CoordinatorClient(args.coordinator) as client:
+            if args.dry_run:
+                plan = await client.plan(spec)
+                if args.json:
+                    from promptclimb.export import message_to_dict
+
+                    print(json.dumps(message_to_dict(plan), indent=2, ensure_ascii=False))
+                else:
+                    print(plan_report(plan, spec))
+                return 0
             search = await client.start(spec, request_id=args.request_id)
             if not args.wait:
                 _show(search, args)
@@ -377,7 +437,12 @@ async def _follow(client: Any, name: str, args: argparse.Namespace) -> int:
     with Progress(*columns, transient=True, disable=args.json, console=_stderr_console()) as bar:
         task = bar.add_task("search", total=None, status="")
         async for _event, s in client.watch(name):
-            total = s.spec.restarts * s.spec.iterations
+            described = s.spec.HasField("descriptions")
+            if described:  # iteration 0 is the first described set, each later one a refine round
+                d = s.spec.descriptions
+                total = d.rounds if d.HasField("rounds") else None  # unset: the server's default
+            else:
+                total = s.spec.restarts * s.spec.iterations
             done_iterations = sum(1 for i in s.iterations if i.iteration > 0)
             b = s.spec.budget
             used = f"llm {s.usage.llm_calls}" + (f"/{b.max_llm_calls}" if b.max_llm_calls else "")
@@ -385,7 +450,11 @@ async def _follow(client: Any, name: str, args: argparse.Namespace) -> int:
                 f"/{b.max_tokens}" if b.max_tokens else ""
             )
             used += f" eval {s.usage.evaluations}" + (f"/{b.max_evaluations}" if b.max_evaluations else "")
-            status = f"{_state(s)} r{s.restart}.i{s.iteration} best {s.best.accuracy:.4f} | {used}"
+            if described:
+                kept = f"{s.iterations[-1].best_accuracy:.4f}" if s.iterations else "-"
+                status = f"{_state(s)} round {s.iteration} descriptions {kept} | {used}"
+            else:
+                status = f"{_state(s)} r{s.restart}.i{s.iteration} best {s.best.accuracy:.4f} | {used}"
             bar.update(task, total=total, completed=done_iterations, status=status)
     final = await client.get(name)
     _show(final, args)
@@ -404,10 +473,12 @@ def _show(s: Any, args: argparse.Namespace) -> None:
         return
     print(f"search {s.name}: {_state(s)}" + (f" ({s.end_reason})" if s.end_reason else ""))
     sel, ev = s.spec.selection_split or "train", s.spec.evaluation_split or "test"
-    if s.best.template:
+    if s.spec.HasField("descriptions") or s.result.HasField("descriptions"):
+        print(description_report(s, sel, ev))
+    elif s.best.template:
         print(f"best template: {s.best.template}")
         print(f"selection accuracy ({sel}): {s.best.accuracy:.4f}")
-    if s.result.best.template:
+    if s.result.best.template and not s.result.HasField("descriptions"):
         if s.result.partial:
             print("partial result: the search failed after seeding; this is the best it had found")
         print(f"evaluation accuracy ({ev}): {s.result.best_evaluation_accuracy:.4f}")
@@ -435,6 +506,94 @@ def _show(s: Any, args: argparse.Namespace) -> None:
     )
     if getattr(args, "grafana_url", ""):
         print(f"dashboard: {dashboard_url(args.grafana_url, s)}")
+
+
+SHOWN_CLASSES = 20  # a description result's classes printed (the weakest first); --json has all
+SHOWN_DESCRIPTIONS = 3  # per class
+SHOWN_CHARS = 100  # per description
+
+
+def description_report(s: Any, sel: str, ev: str) -> str:
+    """A description search: the template alone against the picked descriptions, the refine rounds,
+    the missing classes and (the weakest first, truncated) each class's descriptions."""
+    d = s.result.descriptions
+    source = d.from_search or s.spec.descriptions.from_search
+    if s.result.HasField("descriptions"):
+        template = _slot_template(d.template)
+    else:  # still running (or failed before a result): a from_search template is not known yet
+        template = "the best of that search" if source else _slot_template(s.spec.descriptions.template)
+    lines = [f"description search{f' from {source}' if source else ''}, template: {template}"]
+    if not s.result.HasField("descriptions"):
+        if s.iterations:  # the incumbent set's selection accuracy so far
+            lines.append(f"descriptions so far ({sel}): {s.iterations[-1].best_accuracy:.4f}")
+        return "\n".join(lines)
+    if s.result.partial:
+        lines.append(
+            "partial result: the search failed before its end; these are the best descriptions it had"
+        )
+    gain_sel = d.selection_accuracy - d.template_selection_accuracy
+    gain_ev = d.evaluation_accuracy - d.template_evaluation_accuracy
+    kept = [r for r in d.rounds if r.accepted]
+    lines += [
+        f"template alone: selection ({sel}) {d.template_selection_accuracy:.4f}, "
+        f"evaluation ({ev}) {d.template_evaluation_accuracy:.4f}",
+        f"descriptions:   selection ({sel}) {d.selection_accuracy:.4f}, "
+        f"evaluation ({ev}) {d.evaluation_accuracy:.4f}",
+        f"gain over the template alone: {gain_sel:+.4f} selection, {gain_ev:+.4f} evaluation",
+        f"first descriptions ({sel}): {d.initial_selection_accuracy:.4f}; "
+        f"refine rounds kept: {len(kept)} of {len(d.rounds)}"
+        + (f" ({', '.join(f'round {r.round}: {r.selection_accuracy:.4f}' for r in kept)})" if kept else ""),
+    ]
+    if d.missing:
+        lines.append(f"missing (never described, scored as the bare name): {', '.join(d.missing)}")
+    ranked = sorted(d.classes, key=lambda c: c.selection_accuracy)
+    lines.append(
+        f"classes ({len(ranked)}, the weakest first"
+        + (f", {SHOWN_CLASSES} shown" if len(ranked) > SHOWN_CLASSES else "")
+        + f"), selection accuracy ({sel}) and descriptions:"
+    )
+    name_width = max((len(c.class_name) for c in ranked[:SHOWN_CLASSES]), default=0)
+    for c in ranked[:SHOWN_CLASSES]:
+        texts = [
+            t if len(t) <= SHOWN_CHARS else t[: SHOWN_CHARS - 1] + "…"
+            for t in c.descriptions[:SHOWN_DESCRIPTIONS]
+        ]
+        more = len(c.descriptions) - SHOWN_DESCRIPTIONS
+        lines.append(
+            f"  {c.class_name:{name_width}}  {c.selection_accuracy:.4f}  "
+            + " | ".join(texts)
+            + (f" (+{more} more)" if more > 0 else "")
+        )
+    if len(ranked) > SHOWN_CLASSES:
+        lines.append(f"  … {len(ranked) - SHOWN_CLASSES} more classes (--json or --export-json for all)")
+    return "\n".join(lines)
+
+
+def _slot_template(template: str) -> str:
+    return template or "none ({} alone: the descriptions as they are)"
+
+
+def plan_report(plan: Any, spec: Any) -> str:
+    """What a search would spend (a dry run): one line per quantity."""
+    kind = "description search" if spec.HasField("descriptions") else "template search"
+    cost = (
+        f"${plan.cost_usd:.4f} (priced as {plan.priced_as})"
+        if plan.priced_as
+        else "$0 (no LLM price set on the coordinator: --llm-price)"
+    )
+    rows = [
+        ("LLM calls", str(plan.llm_calls)),
+        ("tokens (estimated)", f"{plan.prompt_tokens} prompt + {plan.completion_tokens} completion"),
+        ("cost", cost),
+        ("evaluations", f"{plan.evaluations} on the selection split"),
+        ("classes", str(plan.num_classes)),
+        ("stopped first by", ", ".join(plan.stopped_by) or "nothing: the budgets allow the whole plan"),
+        ("basis", plan.basis or "-"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"plan of a {kind} on {spec.dataset} (dry run: nothing started)"]
+    lines += [f"{name:{width}}  {value}" for name, value in rows]
+    return "\n".join(lines)
 
 
 DASHBOARD_UID = "promptclimb"  # deploy/monitoring/dashboards/promptclimb.json
@@ -477,24 +636,14 @@ def _rpc(run: Any) -> int:
 
 def _models_list(args: argparse.Namespace) -> int:
     async def run() -> int:
-        from google.protobuf.json_format import MessageToDict
-
         from promptclimb.client import CoordinatorClient
 
         async with CoordinatorClient(args.coordinator) as client:
             models = await client.models()
         if args.json:
-            print(
-                json.dumps(
-                    [
-                        MessageToDict(
-                            m, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-                        )
-                        for m in models
-                    ],
-                    indent=2,
-                )
-            )
+            from promptclimb.export import message_to_dict
+
+            print(json.dumps([message_to_dict(m) for m in models], indent=2))
             return 0
         for m in models:
             state = "ready" if m.ready else f"NOT READY ({m.reason})"
