@@ -11,7 +11,8 @@ stripped of markup debris, deduplicated and cut to k. A class a reply left out (
 with nothing usable) is asked again in a later call, up to ``max_llm_calls``; what is still
 missing then is reported, never invented. Each description carries ``{}`` where the class name
 goes (the name the LLM wrote becomes the slot; one without it gets ``"{}, "`` in front), as the
-scorer's EvaluateDescriptions fills it. No gRPC here.
+scorer's EvaluateDescriptions fills it. :meth:`DescriptionWriter.plan` walks the same calls
+without the LLM, for a dry run's count of calls and tokens. No gRPC here.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from promptclimb.common.vocabulary import DescriptionStrategy
 from services.optimizer import metrics
-from services.optimizer.context import ContextWindow, TokenCounter
+from services.optimizer.context import ContextWindow, TokenCounter, estimate_tokens
 from services.optimizer.core import CompletionBackend
 from services.optimizer.domain import ChatMessage, ContextTooLong, InvalidRequest, Usage
 from services.optimizer.parsing import (
@@ -486,6 +487,90 @@ def completion_tokens_per_class(name: str, k: int) -> int:
     return k * TOKENS_PER_DESCRIPTION + TOKENS_PER_CLASS_ENTRY + math.ceil(len(name) / 2.5)
 
 
+def reply_room(classes: Sequence[str], k: int) -> int:
+    """Completion tokens one call's reply is given room for: its classes and the JSON around them."""
+    return TOKENS_REPLY_OVERHEAD + sum(completion_tokens_per_class(c, k) for c in classes)
+
+
+@dataclass(frozen=True)
+class DescriptionPlan:
+    """What a request would take, no LLM asked: the calls, their tokens and the model.
+
+    ``llm_calls`` and the tokens are for replies that describe every class they are asked;
+    ``max_llm_calls`` is what the request may spend asking left-out classes again. When the calls
+    run out first, ``sum(classes_per_call)`` is below the classes the request asks for.
+    """
+
+    llm_calls: int
+    max_llm_calls: int
+    prompt_tokens: int
+    completion_tokens: int  # the reply room reserved: at most this many
+    model: str
+    classes_per_call: tuple[int, ...]
+
+
+# DescriptionWriter._fitted: (build, request, classes, asked before) -> (classes, messages, count)
+_Fit = Callable[
+    [Any, "DescriptionRequest", list[str], set[str]], Awaitable[tuple[list[str], list[ChatMessage], int]]
+]
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One LLM call a request takes: the classes it asks, its messages and their count."""
+
+    classes: list[str]
+    messages: list[ChatMessage]
+    counted: int  # by the writer's counter, where it fitted the messages to a window; else 0
+    seed: int | None
+
+
+class _Batches:
+    """The calls of one request, in order, as the replies come back.
+
+    The one loop both :meth:`DescriptionWriter.propose` and :meth:`DescriptionWriter.plan` run:
+    up to ``cap`` of the classes still pending per call, fitted to the prompt budget; a class a
+    reply left out comes again, until the calls (the request's max_llm_calls, else twice the calls
+    the classes need at first) run out.
+    """
+
+    def __init__(self, fit: _Fit, request: DescriptionRequest, todo: list[str], cap: int) -> None:
+        self.fit = fit
+        self.request = request
+        self.build = refine_messages if request.strategy is DescriptionStrategy.REFINE else describe_messages
+        self.todo = todo
+        self.pending = list(todo)
+        self.cap = cap
+        self.max_llm_calls = request.max_llm_calls or 2 * math.ceil(len(todo) / cap)
+        self.calls_left = self.max_llm_calls
+        self.asked: set[str] = set()
+        self.calls = 0
+
+    def __aiter__(self) -> _Batches:
+        return self
+
+    async def __anext__(self) -> _Call:
+        if not self.pending or self.calls_left <= 0:
+            raise StopAsyncIteration
+        self.calls_left -= 1
+        classes = self.pending[: self.cap]
+        batch, messages, counted = await self.fit(self.build, self.request, classes, self.asked)
+        seed = None if self.request.seed is None else self.request.seed + self.calls
+        self.calls += 1
+        return _Call(batch, messages, counted, seed)
+
+    def refused(self, call: _Call) -> None:
+        """The endpoint refused the call's length: fewer classes per call."""
+        self.cap = max(1, len(call.classes) // 2)
+
+    def answered(self, call: _Call, described: Collection[str], *, cut: bool) -> None:
+        """The call's reply described ``described``; ``cut``: it ended for lack of room."""
+        self.asked.update(call.classes)
+        if cut and len(described) < len(call.classes):
+            self.cap = max(1, len(call.classes) // 2)  # the reply ran out of room: fewer classes per call
+        self.pending = [c for c in self.pending if c not in described]
+
+
 class DescriptionWriter:
     """Runs ``describe`` and ``refine`` requests against one LLM backend; stateless between calls."""
 
@@ -496,11 +581,13 @@ class DescriptionWriter:
         default_temperature: float = 1.0,
         window: ContextWindow | None = None,
         counter: TokenCounter | None = None,
+        model: str = "",
     ) -> None:
         self.backend = backend
         self.default_temperature = default_temperature
         self.window = window  # None: every call holds max_classes_per_call classes
         self.counter = counter
+        self.model = model  # the model the backend is configured to ask, for plans
 
     async def propose(self, request: DescriptionRequest) -> DescriptionProposal:
         """Descriptions for every class asked (describe) or for the weakest ones (refine).
@@ -509,57 +596,45 @@ class DescriptionWriter:
         :class:`~.domain.OptimizerError` subclasses when the LLM cannot answer (the request is
         then answered by nothing: a caller asks again, as for ProposePrompts).
         """
-        validate(request)
-        refine = request.strategy is DescriptionStrategy.REFINE
-        todo = [s.name for s in weakest(request)] if refine else list(request.class_names)
-        if not todo:  # refine with every class already right: nothing to rewrite, no call
+        batches = await self._batches(request)
+        if batches is None:  # refine with every class already right: nothing to rewrite, no call
             return DescriptionProposal({}, [], [], Usage(), "", 0.0, False)
-        build = refine_messages if refine else describe_messages
+        refine = request.strategy is DescriptionStrategy.REFINE
         known = {s.name: s.descriptions for s in request.scored} if refine else {}
         k = request.descriptions_per_class
         temperature = self.default_temperature if request.temperature is None else request.temperature
-        if self.window is not None:
-            await self.window.ensure_known()
-        cap = min(request.max_classes_per_call, self._completion_fit(todo, k))
-        calls_left = request.max_llm_calls or 2 * math.ceil(len(todo) / cap)
         out: dict[str, list[str]] = {}
         rejected: list[RejectedCandidate] = []
         usage = Usage()
-        model, latency, structured, asked = "", 0.0, True, set[str]()
-        pending = list(todo)
-        call = 0
-        while pending and calls_left > 0:
-            calls_left -= 1
-            batch, messages, counted = await self._fitted(build, request, pending[:cap], asked)
-            seed = None if request.seed is None else request.seed + call
-            call += 1
+        model, latency, structured = "", 0.0, True
+        async for call in batches:
             try:
                 completion = await self.backend.complete(
-                    messages,
+                    call.messages,
                     temperature=temperature,
-                    n_templates=len(batch) * k,
-                    seed=seed,
-                    formats=response_formats(batch, k),
+                    n_templates=len(call.classes) * k,
+                    seed=call.seed,
+                    formats=response_formats(call.classes, k),
                 )
             except ContextTooLong as refused:
                 if self.window is None:
                     raise
-                self.window.learn(refused.limit, refused.requested, sent=counted)
+                self.window.learn(refused.limit, refused.requested, sent=call.counted)
                 metrics.CONTEXT_RETRIES.inc()
-                cap = max(1, len(batch) // 2)
+                batches.refused(call)
                 continue
             usage.llm_calls += completion.llm_calls
             usage.prompt_tokens += completion.prompt_tokens
             usage.completion_tokens += completion.completion_tokens
             model, latency = completion.model or model, latency + completion.latency_seconds
             structured = structured and completion.structured
-            parsed = parse_descriptions(completion.text, batch, k, known=known, shown=messages[-1].content)
+            parsed = parse_descriptions(
+                completion.text, call.classes, k, known=known, shown=call.messages[-1].content
+            )
             out.update(parsed.descriptions)
             rejected += parsed.rejected
-            asked.update(batch)
-            if completion.finish_reason == "length" and len(parsed.descriptions) < len(batch):
-                cap = max(1, len(batch) // 2)  # the reply ran out of room: fewer classes per call
-            pending = [c for c in pending if c not in parsed.descriptions]
+            batches.answered(call, parsed.descriptions, cut=completion.finish_reason == "length")
+        todo, pending = batches.todo, batches.pending
         metrics.record_proposals(sum(len(d) for d in out.values()), [r.reason for r in rejected])
         log.info(
             "described",
@@ -580,6 +655,50 @@ class DescriptionWriter:
             latency_seconds=latency,
             structured=structured and usage.llm_calls > 0,
         )
+
+    async def plan(self, request: DescriptionRequest) -> DescriptionPlan:
+        """What :meth:`propose` would take for ``request`` if every reply were complete; no LLM call.
+
+        The calls are :meth:`propose`'s own batches; each call's prompt is counted as propose counts
+        it (the writer's counter, else :func:`~.context.estimate_tokens`, as the context budget
+        estimates), its completion as the reply room reserved (:func:`reply_room`).
+        Raises :class:`~.domain.InvalidRequest` for a bad request, as :meth:`propose` does.
+        """
+        batches = await self._batches(request)
+        if batches is None:
+            return DescriptionPlan(0, 0, 0, 0, self.model, ())
+        sizes: list[int] = []
+        prompt_tokens = completion_tokens = 0
+        async for call in batches:
+            sizes.append(len(call.classes))
+            fitted = self.window is not None and self.counter is not None
+            prompt_tokens += call.counted if fitted else await self._count(call.messages)
+            completion_tokens += reply_room(call.classes, request.descriptions_per_class)
+            batches.answered(call, call.classes, cut=False)
+        return DescriptionPlan(
+            llm_calls=len(sizes),
+            max_llm_calls=batches.max_llm_calls,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            model=self.model,
+            classes_per_call=tuple(sizes),
+        )
+
+    async def _batches(self, request: DescriptionRequest) -> _Batches | None:
+        """The calls ``request`` takes (validated; the window known), or None when it asks nothing."""
+        validate(request)
+        refine = request.strategy is DescriptionStrategy.REFINE
+        todo = [s.name for s in weakest(request)] if refine else list(request.class_names)
+        if not todo:
+            return None
+        if self.window is not None:
+            await self.window.ensure_known()
+        cap = min(request.max_classes_per_call, self._completion_fit(todo, request.descriptions_per_class))
+        return _Batches(self._fitted, request, todo, cap)
+
+    async def _count(self, messages: Sequence[ChatMessage]) -> int:
+        """Tokens of ``messages`` by the writer's counter, else the context budget's estimate."""
+        return await self.counter.count(messages) if self.counter is not None else estimate_tokens(messages)
 
     def _completion_fit(self, classes: Sequence[str], k: int) -> int:
         """Classes whose replies fit the completion cap together (at least one)."""

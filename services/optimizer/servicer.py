@@ -1,4 +1,4 @@
-"""The gRPC adapter: converts ProposePrompts messages to the domain and errors to status codes."""
+"""The gRPC adapter: converts the optimizer's messages to the domain and errors to status codes."""
 
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ from promptclimb.common.vocabulary import (
     STRATEGY_FROM_PROTO,
     STRATEGY_TO_PROTO,
 )
+from services.optimizer.backend import ChatBackend
 from services.optimizer.core import Optimizer
 from services.optimizer.descriptions import (
     DEFAULT_DESCRIPTIONS_PER_CLASS,
     DEFAULT_MAX_CLASSES_PER_CALL,
     DEFAULT_WEAKEST_K,
+    DescriptionPlan,
     DescriptionProposal,
     DescriptionRequest,
     DescriptionWriter,
@@ -127,6 +129,18 @@ def descriptions_to_proto(proposal: DescriptionProposal) -> optimizer_pb2.Propos
     )
 
 
+def plan_to_proto(plan: DescriptionPlan) -> optimizer_pb2.PlanDescriptionsResponse:
+    """The response message of a description plan."""
+    return optimizer_pb2.PlanDescriptionsResponse(
+        llm_calls=plan.llm_calls,
+        max_llm_calls=plan.max_llm_calls,
+        prompt_tokens=plan.prompt_tokens,
+        completion_tokens=plan.completion_tokens,
+        model=plan.model,
+        classes_per_call=plan.classes_per_call,
+    )
+
+
 def to_service_error(error: OptimizerError) -> ServiceError:
     """The status an optimizer error is reported with."""
     if isinstance(error, InvalidRequest):
@@ -152,6 +166,8 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
             default_temperature=optimizer.default_temperature,
             window=optimizer.window,
             counter=optimizer.counter,
+            # What a plan names as the model; a reply names the one that answered.
+            model=optimizer.backend.config.model if isinstance(optimizer.backend, ChatBackend) else "",
         )
 
     async def ProposePrompts(
@@ -185,3 +201,14 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
             await abort(context, to_service_error(unavailable))
             raise
         return descriptions_to_proto(proposal)
+
+    async def PlanDescriptions(
+        self, request: optimizer_pb2.PlanDescriptionsRequest, context: grpc.aio.ServicerContext
+    ) -> optimizer_pb2.PlanDescriptionsResponse:
+        """The calls and tokens a ProposeDescriptions request would take, without asking the LLM."""
+        try:
+            plan = await self.writer.plan(descriptions_to_domain(request.request))
+        except OptimizerError as error:
+            await abort(context, to_service_error(error))
+            raise
+        return plan_to_proto(plan)
