@@ -284,6 +284,18 @@ class DescriptionProposal:
     cost_usd: float = 0.0
 
 
+@dataclass(frozen=True)
+class DescriptionPlan:
+    """What one ProposeDescriptions call would take (PlanDescriptions), no LLM asked."""
+
+    llm_calls: int  # when every reply describes all its classes
+    max_llm_calls: int  # when replies leave classes out and they are asked again
+    prompt_tokens: int
+    completion_tokens: int  # the reply room reserved: at most this many
+    model: str
+    classes_per_call: tuple[int, ...]
+
+
 class GrpcProposer:
     """The :class:`~services.coordinator.search.TemplateProposer` port over OptimizerService."""
 
@@ -367,6 +379,59 @@ class GrpcProposer:
             completion_tokens=reply.usage.completion_tokens,
             model=reply.model,
             cost_usd=cost,
+        )
+
+    async def plan_descriptions(
+        self,
+        strategy: DescriptionStrategy,
+        *,
+        class_names: Sequence[str] = (),
+        scored: Mapping[str, tuple[Sequence[str], float]] | None = None,
+        confusions: Sequence[tuple[str, str, int]] = (),
+        task_description: str = "",
+        descriptions_per_class: int | None = None,
+        weakest_k: int | None = None,
+        max_classes_per_call: int | None = None,
+        max_llm_calls: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+    ) -> DescriptionPlan:
+        """One PlanDescriptions call: what :meth:`propose_descriptions` with the same arguments
+        would take (calls, tokens, the model), without asking the LLM."""
+        message = optimizer_pb2.ProposeDescriptionsRequest(
+            strategy=DESCRIPTION_STRATEGY_TO_PROTO[strategy],
+            task_description=task_description,
+            class_names=list(class_names),
+            scored=[
+                optimizer_pb2.ScoredClass(class_name=c, descriptions=list(d), accuracy=a)
+                for c, (d, a) in (scored or {}).items()
+            ],
+            confusions=[
+                common_pb2.Confusion(true_class=t, predicted_class=p, count=n) for t, p, n in confusions
+            ],
+        )
+        for name, value in (
+            ("descriptions_per_class", descriptions_per_class),
+            ("weakest_k", weakest_k),
+            ("max_classes_per_call", max_classes_per_call),
+            ("max_llm_calls", max_llm_calls),
+            ("temperature", temperature),
+            ("seed", seed),
+        ):
+            if value is not None:
+                setattr(message, name, value)
+        request = optimizer_pb2.PlanDescriptionsRequest(request=message)
+        reply = await self.retry.call(
+            "optimizer PlanDescriptions",
+            lambda: self.stub.PlanDescriptions(request, timeout=self.deadline),
+        )
+        return DescriptionPlan(
+            llm_calls=reply.llm_calls,
+            max_llm_calls=reply.max_llm_calls,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            model=reply.model,
+            classes_per_call=tuple(reply.classes_per_call),
         )
 
     async def propose(self, request: ProposalRequest) -> Proposal:
