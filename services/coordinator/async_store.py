@@ -23,7 +23,7 @@ import contextvars
 import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from services.coordinator.search import Proposal, Score, SearchConfig, SearchState
 from services.coordinator.store import SearchRecord, SearchStore
@@ -146,6 +146,14 @@ class AsyncSearchStore:
     async def add_proposal(self, search_id: str, key: str, proposal: Proposal) -> None:
         """See :meth:`SearchStore.add_proposal`."""
         await self._call(self.sync.add_proposal, search_id, key, proposal)
+
+    async def steps(self, search_id: str) -> dict[str, dict[str, Any]]:
+        """See :meth:`SearchStore.steps`."""
+        return await self._call(self.sync.steps, search_id)
+
+    async def add_step(self, search_id: str, key: str, payload: dict[str, Any]) -> None:
+        """See :meth:`SearchStore.add_step`."""
+        await self._call(self.sync.add_step, search_id, key, payload)
 
     async def add_event(self, search_id: str, kind: str, detail: str = "") -> None:
         """See :meth:`SearchStore.add_event`."""

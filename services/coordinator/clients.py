@@ -15,8 +15,8 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
 import grpc
 
@@ -111,6 +111,24 @@ class DescriptionScore:
     loss: float = 0.0
     per_class_accuracy: tuple[float, ...] = ()  # in the dataset's class order, when asked
     confusions: tuple[tuple[str, str, int], ...] = ()  # (true, predicted, count), when asked
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (a description search journals it)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> DescriptionScore:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            d["name"],
+            d["accuracy"],
+            d["correct"],
+            d["total"],
+            d["error"],
+            d["loss"],
+            tuple(d["per_class_accuracy"]),
+            tuple((t, p, int(n)) for t, p, n in d["confusions"]),
+        )
 
 
 class GrpcScorer:
@@ -282,6 +300,23 @@ class DescriptionProposal:
     completion_tokens: int = 0
     model: str = ""
     cost_usd: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (a description search journals it)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> DescriptionProposal:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            {c: tuple(texts) for c, texts in d["descriptions"].items()},
+            tuple(d["missing"]),
+            d["llm_calls"],
+            d["prompt_tokens"],
+            d["completion_tokens"],
+            d["model"],
+            d["cost_usd"],
+        )
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -32,12 +32,17 @@ from services.coordinator.search import (
     NO_LLM_STRATEGIES,
     Aggregate,
     Budget,
+    DescriptionResult,
+    DescriptionSpec,
     MixMode,
     ScoredTemplate,
     SearchConfig,
 )
 from services.coordinator.settings import MODEL_ID
 from services.coordinator.store import SearchRecord
+
+if TYPE_CHECKING:  # the plan imports the clients, which import this module
+    from services.coordinator.plan import Plan
 
 __all__ = ["EVENT_TO_PROTO", "STATE_FROM_PROTO", "STRATEGY_TO_PROTO", "SearchEvent"]
 MAX_TEMPLATE_CHARS = 1000
@@ -55,6 +60,9 @@ AGGREGATE_TO_PROTO: dict[Aggregate, coordinator_pb2.ObjectiveAggregate] = {
 }
 AGGREGATE_FROM_PROTO: dict[int, Aggregate] = {v: k for k, v in AGGREGATE_TO_PROTO.items()}
 MAX_MODELS = 16  # models one search may name (transfer or objective)
+MAX_DESCRIPTIONS_PER_CLASS = 10  # the optimizer's limit
+MAX_DESCRIPTION_ROUNDS = 100
+MAX_DESCRIPTION_CLASSES = 1000  # the optimizer's limit on classes per request
 
 
 def _rule_violations(spec: coordinator_pb2.SearchSpec, names: set[str]) -> list[tuple[str, str]]:
@@ -163,6 +171,10 @@ def config_from_spec(spec: coordinator_pb2.SearchSpec) -> SearchConfig:
             bad.append(
                 ("spec.initial_pool.llm_starters", "the strategy has no LLM to ask for starters: give a pool")
             )
+    descriptions: DescriptionSpec | None = None
+    if spec.HasField("descriptions"):
+        descriptions, problems = _description_spec(spec)
+        bad.extend(problems)
     if bad:
         raise ServiceError(
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -205,7 +217,57 @@ def config_from_spec(spec: coordinator_pb2.SearchSpec) -> SearchConfig:
         transfer_models=tuple(spec.transfer_models),
         objective_models=tuple(spec.objective_models),
         objective_aggregate=AGGREGATE_FROM_PROTO.get(spec.objective_aggregate, Aggregate.MEAN),
+        descriptions=descriptions,
     )
+
+
+def _description_spec(spec: coordinator_pb2.SearchSpec) -> tuple[DescriptionSpec, list[tuple[str, str]]]:
+    """The description knobs with defaults, and their range problems."""
+    d = spec.descriptions
+    bad: list[tuple[str, str]] = []
+    knobs = {
+        "descriptions_per_class": (1, MAX_DESCRIPTIONS_PER_CLASS),
+        "rounds": (0, MAX_DESCRIPTION_ROUNDS),
+        "weakest_k": (1, MAX_DESCRIPTION_CLASSES),
+        "top_confusions": (0, 1000),
+        "max_classes_per_call": (1, MAX_DESCRIPTION_CLASSES),
+    }
+    for name, (low, high) in knobs.items():
+        if d.HasField(name) and not low <= getattr(d, name) <= high:
+            bad.append((f"spec.descriptions.{name}", f"must be in [{low}, {high}]"))
+    if d.template and d.from_search:
+        bad.append(("spec.descriptions.template", "give a template or from_search, not both"))
+    if d.template:
+        if d.template.count("{}") != 1:
+            bad.append(("spec.descriptions.template", "needs exactly one '{}' slot"))
+        elif len(d.template) > MAX_TEMPLATE_CHARS:
+            bad.append(("spec.descriptions.template", f"longer than {MAX_TEMPLATE_CHARS} characters"))
+        if "\x00" in d.template:
+            bad.append(("spec.descriptions.template", "must not contain NUL characters"))
+    if d.from_search and not search_id_of(d.from_search).replace("-", "").isalnum():
+        bad.append(("spec.descriptions.from_search", "a search name: searches/{id}"))
+    # What a description search does not use is refused, not silently ignored.
+    unused = ("transfer_models", "objective_models", "mix")
+    bad.extend((f"spec.{n}", "not used by a description search") for n in unused if getattr(spec, n))
+    if spec.initial_pool.WhichOneof("source"):
+        bad.append(("spec.initial_pool", "not used by a description search (see descriptions.template)"))
+    if 0 < spec.budget.max_evaluations < 2:
+        bad.append(
+            (
+                "spec.budget.max_evaluations",
+                "a description search scores the template alone and the first set: at least 2",
+            )
+        )
+    described = DescriptionSpec(
+        descriptions_per_class=d.descriptions_per_class if d.HasField("descriptions_per_class") else 3,
+        rounds=d.rounds if d.HasField("rounds") else 3,
+        weakest_k=d.weakest_k if d.HasField("weakest_k") else 3,
+        top_confusions=d.top_confusions if d.HasField("top_confusions") else 50,
+        max_classes_per_call=d.max_classes_per_call if d.HasField("max_classes_per_call") else 0,
+        template=d.template,
+        from_search=NAME_PREFIX + search_id_of(d.from_search) if d.from_search else "",
+    )
+    return described, bad
 
 
 def _model_violations(spec: coordinator_pb2.SearchSpec) -> list[tuple[str, str]]:
@@ -271,9 +333,71 @@ def spec_from_config(c: SearchConfig) -> coordinator_pb2.SearchSpec:
         spec.initial_pool.templates.templates.extend(c.user_templates)
     elif c.llm_starters:
         spec.initial_pool.llm_starters = c.llm_starters
-    else:
+    elif c.descriptions is None:
         spec.initial_pool.named_pool = c.named_pool or "basic"
+    if c.descriptions is not None:
+        d = c.descriptions
+        spec.descriptions.CopyFrom(
+            coordinator_pb2.DescriptionSearchSpec(
+                descriptions_per_class=d.descriptions_per_class,
+                rounds=d.rounds,
+                weakest_k=d.weakest_k,
+                top_confusions=d.top_confusions,
+                template=d.template,
+                from_search=d.from_search,
+            )
+        )
+        if d.max_classes_per_call:
+            spec.descriptions.max_classes_per_call = d.max_classes_per_call
     return spec
+
+
+def plan_to_proto(p: Plan) -> coordinator_pb2.SearchPlan:
+    """Domain -> proto."""
+    return coordinator_pb2.SearchPlan(
+        llm_calls=p.llm_calls,
+        max_llm_calls=p.max_llm_calls,
+        prompt_tokens=p.prompt_tokens,
+        completion_tokens=p.completion_tokens,
+        cost_usd=p.cost_usd,
+        evaluations=p.evaluations,
+        num_classes=p.num_classes,
+        stopped_by=list(p.stopped_by),
+        basis=p.basis,
+        priced_as=p.priced_as,
+    )
+
+
+def description_result_to_proto(d: DescriptionResult) -> coordinator_pb2.DescriptionSearchResult:
+    """Domain -> proto."""
+    return coordinator_pb2.DescriptionSearchResult(
+        classes=[
+            coordinator_pb2.ClassDescriptionResult(
+                class_name=c.class_name,
+                descriptions=list(c.descriptions),
+                selection_accuracy=c.selection_accuracy,
+            )
+            for c in d.classes
+        ],
+        selection_accuracy=d.selection_accuracy,
+        evaluation_accuracy=d.evaluation_accuracy,
+        template=d.template,
+        template_selection_accuracy=d.template_selection_accuracy,
+        template_evaluation_accuracy=d.template_evaluation_accuracy,
+        initial_selection_accuracy=d.initial_selection_accuracy,
+        missing=list(d.missing),
+        rounds=[
+            coordinator_pb2.DescriptionRound(
+                round=r.index,
+                rewritten=list(r.rewritten),
+                selection_accuracy=r.accuracy,
+                selection_loss=r.loss,
+                accepted=r.accepted,
+            )
+            for r in d.rounds
+        ],
+        from_search=d.from_search,
+    )
 
 
 def scored_to_proto(t: ScoredTemplate) -> common_pb2.ScoredTemplate:
@@ -360,6 +484,8 @@ def search_to_proto(r: SearchRecord, *, full: bool) -> coordinator_pb2.Search:
                 plain_template=t.plain_template,
                 plain_evaluation_accuracy=t.plain_evaluation_accuracy,
             )
+        if p.result.descriptions is not None:
+            s.result.descriptions.CopyFrom(description_result_to_proto(p.result.descriptions))
     for i in p.iterations:
         s.iterations.add(
             restart=i.restart,

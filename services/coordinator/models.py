@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 
 from promptclimb.api.v1 import scorer_pb2
 from services.coordinator import metrics
-from services.coordinator.clients import GrpcScorer
+from services.coordinator.clients import DescriptionScore, GrpcScorer
 from services.coordinator.search import Score, SearchFailed, TemplateScorer
 from services.coordinator.settings import ModelEntry
 
@@ -86,6 +86,21 @@ class NamedScorer:
     async def ensemble_accuracy(self, dataset: str, split: str, templates: Sequence[str]) -> float:
         """An ensemble scored on this model."""
         return await self.scorer.ensemble_accuracy(dataset, split, templates)
+
+    async def evaluate_descriptions(
+        self,
+        dataset: str,
+        split: str,
+        sets: Mapping[str, Mapping[str, Sequence[str]]],
+        *,
+        template: str = "",
+        per_class: bool = False,
+        top_confusions: int = 0,
+    ) -> list[DescriptionScore]:
+        """Description sets scored on this model."""
+        return await self.scorer.evaluate_descriptions(
+            dataset, split, sets, template=template, per_class=per_class, top_confusions=top_confusions
+        )
 
 
 @dataclass

@@ -23,10 +23,11 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from services.coordinator import metrics, search_metrics
 from services.coordinator.async_store import AsyncSearchStore
+from services.coordinator.description_search import DescriptionClimb
 from services.coordinator.pools import initial_templates
 from services.coordinator.search import (
     HillClimb,
@@ -107,6 +108,7 @@ class StoreJournal:
         *,
         scores: dict[tuple[str, str], Score],
         proposals: dict[str, Proposal],
+        steps: dict[str, dict[str, Any]] | None = None,
         store_retry_seconds: float = 30.0,
     ) -> None:
         self.store, self.search_id, self.owner = store, search_id, owner
@@ -115,6 +117,7 @@ class StoreJournal:
         self.store_retry_seconds = store_retry_seconds
         self._scores = scores
         self._proposals = proposals
+        self._steps = steps if steps is not None else {}
         self._best = -1.0
         self._saved_iterations = 0
 
@@ -132,6 +135,7 @@ class StoreJournal:
         """The journal with everything recorded so far (by this replica or an earlier owner)."""
         scores = await with_store_retry(lambda: store.scores(search_id), window=store_retry_seconds)
         proposals = await with_store_retry(lambda: store.proposals(search_id), window=store_retry_seconds)
+        steps = await with_store_retry(lambda: store.steps(search_id), window=store_retry_seconds)
         return cls(
             store,
             search_id,
@@ -140,13 +144,14 @@ class StoreJournal:
             started_at,
             scores=scores,
             proposals=proposals,
+            steps=steps,
             store_retry_seconds=store_retry_seconds,
         )
 
     @property
     def resumed(self) -> bool:
         """Whether an earlier run recorded anything."""
-        return bool(self._scores or self._proposals)
+        return bool(self._scores or self._proposals or self._steps)
 
     def recorded_score(self, split: str, template: str) -> Score | None:
         """A score recorded before (this run or an earlier one)."""
@@ -174,6 +179,17 @@ class StoreJournal:
             lambda: self.store.add_proposal(self.search_id, key, proposal), window=self.store_retry_seconds
         )
         self._proposals[key] = proposal
+
+    def recorded_step(self, key: str) -> dict[str, Any] | None:
+        """A description search step recorded before."""
+        return self._steps.get(key)
+
+    async def record_step(self, key: str, payload: dict[str, Any]) -> None:
+        """Persist a description search step."""
+        await with_store_retry(
+            lambda: self.store.add_step(self.search_id, key, payload), window=self.store_retry_seconds
+        )
+        self._steps[key] = payload
 
     async def checkpoint(self, state: SearchState, event: str) -> None:
         """Save progress (fenced on our lease) and tell watchers what changed."""
@@ -371,9 +387,24 @@ class SearchRunner:
             state = SearchState(record.config)
             self.live[search_id] = (record, state)
             log.info("search running", extra={"search": search_id, "resumed": journal.resumed})
-            climb = HillClimb(
-                state, self.scorer, self.proposer, journal, initial_templates, started_at=record.start_time
-            )
+            climb: HillClimb | DescriptionClimb
+            if record.config.descriptions is not None:
+                climb = DescriptionClimb(
+                    state,
+                    self.scorer,  # type: ignore[arg-type]  # the services' clients score descriptions too
+                    self.proposer,  # type: ignore[arg-type]
+                    journal,
+                    started_at=record.start_time,
+                )
+            else:
+                climb = HillClimb(
+                    state,
+                    self.scorer,
+                    self.proposer,
+                    journal,
+                    initial_templates,
+                    started_at=record.start_time,
+                )
             await climb.run()
             await self._finish(search_id, self.owner, SUCCEEDED, state.end_reason, state=state)
         except asyncio.CancelledError:

@@ -103,6 +103,19 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class DescriptionSpec:
+    """A description search's own knobs (``SearchConfig.descriptions``; proto ``DescriptionSearchSpec``)."""
+
+    descriptions_per_class: int = 3
+    rounds: int = 3  # refine rounds after the first descriptions; 0 = describe only
+    weakest_k: int = 3  # classes rewritten per round
+    top_confusions: int = 50  # confusions shown to the LLM per round
+    max_classes_per_call: int = 0  # 0 = the optimizer's default
+    template: str = ""  # the slot template every description goes into; "" = scored as they are
+    from_search: str = ""  # "searches/{id}" whose best template ``template`` is (resolved at start)
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     """A validated search specification (the domain twin of the proto ``SearchSpec``)."""
 
@@ -134,6 +147,7 @@ class SearchConfig:
     transfer_models: tuple[str, ...] = ()  # the found prompts scored on these too, after selection
     objective_models: tuple[str, ...] = ()  # selection scores aggregated over ``model`` and these
     objective_aggregate: Aggregate = Aggregate.MEAN
+    descriptions: DescriptionSpec | None = None  # set: a description search, not a template search
 
     @property
     def names_models(self) -> bool:
@@ -185,6 +199,8 @@ class SearchConfig:
         d["objective_models"] = tuple(d.get("objective_models", ()))
         d["objective_aggregate"] = Aggregate(d.get("objective_aggregate", Aggregate.MEAN))
         d["budget"] = Budget(**d.get("budget", {}))
+        described = d.get("descriptions")  # configs stored before description searches: none
+        d["descriptions"] = DescriptionSpec(**described) if described else None
         return cls(**d)
 
 
@@ -331,6 +347,65 @@ class SearchResult:
     greedy_ensemble_templates: tuple[str, ...] = ()  # forward selection on the selection split
     greedy_ensemble_evaluation_accuracy: float = 0.0
     transfer: tuple[TransferScore, ...] = ()  # SearchConfig.transfer_models, in their order
+    descriptions: DescriptionResult | None = None  # a description search's picked descriptions
+
+
+@dataclass(frozen=True)
+class ClassDescriptions:
+    """One class's picked descriptions and its selection accuracy with the picked set."""
+
+    class_name: str
+    descriptions: tuple[str, ...]
+    selection_accuracy: float
+
+
+@dataclass(frozen=True)
+class DescriptionRound:
+    """One refine round: the classes rewritten, the rewritten set's score, whether it won."""
+
+    index: int  # 1 = the first refine round (as the search's iteration summaries count them)
+    rewritten: tuple[str, ...]
+    accuracy: float
+    loss: float
+    accepted: bool
+
+
+@dataclass(frozen=True)
+class DescriptionResult:
+    """The outcome of a description search (``SearchResult.descriptions``)."""
+
+    classes: tuple[ClassDescriptions, ...]
+    selection_accuracy: float
+    evaluation_accuracy: float
+    template: str  # the slot template ("" = the descriptions as they are)
+    template_selection_accuracy: float  # the template alone: the baseline to beat
+    template_evaluation_accuracy: float
+    initial_selection_accuracy: float  # the first described set, before any refine round
+    missing: tuple[str, ...] = ()  # classes never described validly (the bare class name)
+    rounds: tuple[DescriptionRound, ...] = ()
+    from_search: str = ""
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> DescriptionResult:
+        """Inverse of :func:`dataclasses.asdict`."""
+        return cls(
+            classes=tuple(
+                ClassDescriptions(c["class_name"], tuple(c["descriptions"]), c["selection_accuracy"])
+                for c in d["classes"]
+            ),
+            selection_accuracy=d["selection_accuracy"],
+            evaluation_accuracy=d["evaluation_accuracy"],
+            template=d["template"],
+            template_selection_accuracy=d["template_selection_accuracy"],
+            template_evaluation_accuracy=d["template_evaluation_accuracy"],
+            initial_selection_accuracy=d["initial_selection_accuracy"],
+            missing=tuple(d.get("missing", ())),
+            rounds=tuple(
+                DescriptionRound(r["index"], tuple(r["rewritten"]), r["accuracy"], r["loss"], r["accepted"])
+                for r in d.get("rounds", ())
+            ),
+            from_search=d.get("from_search", ""),
+        )
 
 
 GREEDY_CANDIDATES = 20  # the greedy ensemble chooses among this many of the best templates

@@ -30,15 +30,17 @@ from services.coordinator.convert import (
     STATE_FROM_PROTO,
     SearchEvent,
     config_from_spec,
+    plan_to_proto,
     replay_overrides,
     search_id_of,
     search_to_proto,
 )
 from services.coordinator.models import ModelRegistry
+from services.coordinator.plan import plan_search
 from services.coordinator.replay import ReplayRefused, replay
 from services.coordinator.runner import SearchRunner
 from services.coordinator.search import SearchConfig, SearchFailed
-from services.coordinator.store import Progress, TooManyPending, is_disk_full, is_transient
+from services.coordinator.store import SUCCEEDED, Progress, TooManyPending, is_disk_full, is_transient
 from services.coordinator.watch import watch
 
 MAX_PAGE_SIZE = 100
@@ -120,9 +122,32 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 return ServiceError(grpc.StatusCode.NOT_FOUND, why)
         return None
 
+    async def _continued(self, config: SearchConfig) -> SearchConfig:
+        """A description search ``from_search``: the slot template is that search's best template."""
+        d = config.descriptions
+        if d is None or not d.from_search:
+            return config
+        source = await self.store.get(search_id_of(d.from_search))
+        if source is None:
+            raise not_found("search", d.from_search)
+        result = source.progress.result
+        if source.state != SUCCEEDED or result is None or result.partial:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"spec.descriptions.from_search: {d.from_search} is {source.state}, not SUCCEEDED:"
+                " a description search continues from a finished template search's best template",
+            )
+        if source.config.descriptions is not None:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"spec.descriptions.from_search: {d.from_search} is a description search,"
+                " not a template search",
+            )
+        return dataclasses.replace(config, descriptions=dataclasses.replace(d, template=result.best.template))
+
     @_store_outage_is_unavailable
     async def StartSearch(self, request, context):  # type: ignore[no-untyped-def]
-        """Validate, then create (or find by request id) and schedule."""
+        """Validate, then create (or find by request id) and schedule; or only plan (validate_only)."""
         try:
             config = config_from_spec(request.spec)
         except ServiceError as err:
@@ -131,6 +156,16 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             await abort(context, unknown)
         if len(request.request_id) > 200:
             await abort(context, invalid_argument("at most 200 characters", "request_id"))
+        try:
+            config = await self._continued(config)
+        except ServiceError as err:
+            await abort(context, err)
+        if request.validate_only:
+            try:
+                plan = await plan_search(config, self.runner.scorer, self.runner.proposer)  # type: ignore[arg-type]
+            except SearchFailed as err:
+                await abort(context, ServiceError(getattr(grpc.StatusCode, err.code), err.message))
+            return coordinator_pb2.StartSearchResponse(plan=plan_to_proto(plan))
         try:
             record, _ = await self.runner.submit(config, request.request_id or None)
         except TooManyPending as err:

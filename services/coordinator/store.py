@@ -2,7 +2,9 @@
 
 Tables: ``searches`` (one row per search: spec, state, progress, lease), ``scored_templates``
 (every score, unique per search/split/template so nothing is scored twice), ``llm_calls`` (every
-optimizer reply under a deterministic key, so a resumed search never asks again) and ``events``.
+optimizer reply under a deterministic key, so a resumed search never asks again),
+``description_steps`` (a description search's optimizer replies and description-set scores, each
+under its step's key, for the same replay) and ``events``.
 
 Ownership: a replica runs a search only while it holds the row's lease (``lease_owner``,
 ``lease_expires``), taken and renewed by conditional UPDATEs — atomic on SQLite and PostgreSQL
@@ -75,6 +77,7 @@ from sqlalchemy.pool import SingletonThreadPool
 
 from promptclimb.common.vocabulary import LifecycleState
 from services.coordinator.search import (
+    DescriptionResult,
     IterationSummary,
     Proposal,
     Score,
@@ -91,7 +94,7 @@ log = logging.getLogger(__name__)
 metadata = MetaData()
 
 # The schema this code reads and writes; a database records its own in ``promptclimb_schema``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Replica ids are host names plus a suffix; PostgreSQL enforces the column length (SQLite does not).
 MAX_OWNER_CHARS = 255
@@ -144,6 +147,17 @@ llm_calls = Table(
     Column("search_id", String(64), primary_key=True),
     Column("call_key", String(64), primary_key=True),
     Column("reply", Text, nullable=False),
+    Column("create_time", Float, nullable=False),
+)
+
+# A description search's journal: every step (an optimizer reply, a description set's score) as
+# JSON under a deterministic key ("llm/describe", "score/train/round-0", ...), written once.
+description_steps = Table(
+    "description_steps",
+    metadata,
+    Column("search_id", String(64), primary_key=True),
+    Column("step_key", String(128), primary_key=True),
+    Column("payload", Text, nullable=False),
     Column("create_time", Float, nullable=False),
 )
 
@@ -206,9 +220,15 @@ def _migrate_unversioned(c: Connection) -> None:
             c.execute(text(f"ALTER TABLE scored_templates ADD COLUMN {name} {sql_type}"))
 
 
+def _add_description_steps(c: Connection) -> None:
+    """Version 1 -> 2: the description search journal (a new table; nothing else changes)."""
+    metadata.create_all(c, tables=[description_steps])
+
+
 # MIGRATIONS[v] takes a database from version v to v + 1; append a step with each schema change.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tables and columns added before the schema was versioned", _migrate_unversioned),
+    Migration(2, "the description search journal", _add_description_steps),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION and all(m.to_version == i + 1 for i, m in enumerate(MIGRATIONS))
 
@@ -286,6 +306,11 @@ class Progress:
                         "greedy_ensemble_evaluation_accuracy", 0.0
                     ),
                     transfer=tuple(TransferScore(**t) for t in result.get("transfer", ())),
+                    descriptions=(
+                        DescriptionResult.from_json(result["descriptions"])
+                        if result.get("descriptions")
+                        else None
+                    ),
                 )
                 if result
                 else None
@@ -794,6 +819,36 @@ class SearchStore:
                     ).first()
                     is None
                 ):
+                    raise
+
+    def steps(self, search_id: str) -> dict[str, dict[str, Any]]:
+        """Every recorded step of a description search by key."""
+        with self.engine.connect() as c:
+            rows = c.execute(
+                select(description_steps).where(description_steps.c.search_id == search_id)
+            ).mappings()
+            return {r["step_key"]: json.loads(r["payload"]) for r in rows}
+
+    def add_step(self, search_id: str, key: str, payload: dict[str, Any]) -> None:
+        """Record a description search step (one already recorded under ``key`` is kept)."""
+        try:
+            with self.engine.begin() as c:
+                c.execute(
+                    insert(description_steps).values(
+                        search_id=search_id,
+                        step_key=key,
+                        payload=json.dumps(payload),
+                        create_time=self.clock(),
+                    )
+                )
+        except IntegrityError:
+            with self.engine.connect() as c:  # a retried insert that did land, or a former owner's step
+                found = c.execute(
+                    select(description_steps.c.step_key).where(
+                        description_steps.c.search_id == search_id, description_steps.c.step_key == key
+                    )
+                ).first()
+                if found is None:
                     raise
 
     def add_event(self, search_id: str, kind: str, detail: str = "") -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -141,6 +142,35 @@ def test_an_unversioned_sqlite_store_is_migrated_in_place(tmp_path: Path) -> Non
 
 def test_an_unversioned_postgres_store_is_migrated_in_place(postgres_url: str) -> None:
     assert_migrated(postgres_url, make_unversioned(postgres_url))
+
+
+def make_version_1(url: str) -> str:
+    """A store as the coordinator left it before description searches: schema 1, no step journal."""
+    store = SearchStore(url)
+    record, _ = store.create(SearchConfig(dataset="d"), None)
+    store.close()
+    engine = create_engine(database_url(url))
+    with engine.begin() as c:
+        c.execute(text("DROP TABLE description_steps"))
+        c.execute(text("UPDATE promptclimb_schema SET version = 1"))
+    engine.dispose()
+    return record.id
+
+
+@pytest.mark.parametrize("where", ["sqlite", "postgres"])
+def test_a_version_1_store_gets_the_description_journal(where: str, tmp_path: Path, request: Any) -> None:
+    url = str(tmp_path / "v1.db") if where == "sqlite" else request.getfixturevalue("postgres_url")
+    search_id = make_version_1(url)
+    upgraded = SearchStore(url)
+    try:
+        upgraded.add_step(search_id, "llm/describe", {"descriptions": {"cat": ["a {}"]}})
+        upgraded.add_step(search_id, "llm/describe", {"descriptions": {}})  # a repeat keeps the first
+        assert upgraded.steps(search_id) == {"llm/describe": {"descriptions": {"cat": ["a {}"]}}}
+        assert upgraded.get(search_id) is not None  # the old search is still there
+        with upgraded.engine.connect() as c:
+            assert c.execute(text("SELECT version FROM promptclimb_schema")).scalar() == SCHEMA_VERSION
+    finally:
+        upgraded.close()
 
 
 def test_a_newer_postgres_schema_is_refused(postgres_url: str) -> None:
