@@ -12,6 +12,15 @@ prompt ``a photo of a {}.`` with its 95% t-interval, paired wins/ties/losses aga
 split, the paired gain over the no-LLM ``edit`` baseline, evaluations, LLM calls, tokens and cost;
 it writes the runs as JSON and a PNG of the best template's test accuracy against evaluations
 spent (mean over splits, per strategy).
+
+Description arms (issue 18): ``describe`` is a description search (the LLM writes descriptions per
+class, refine rounds rewrite the weakest) through the plain prompt's slot, so its "template
+alone" is the plain prompt; ``STRATEGY>describe`` (e.g. ``edit>describe``) runs that template
+search first (the very one of its arm, when the arm is also asked) and then a description search
+``from_search`` it, and costs both. A description arm has one pick, the described set's test
+accuracy, reported in the same row format with ``descriptions`` as its objective, beside its own
+slot template alone. Its evaluations are description sets, not templates, so the equal-evaluations
+comparison and the PNG leave description arms out.
 """
 
 from __future__ import annotations
@@ -29,6 +38,22 @@ from typing import Any
 
 PLAIN = "a photo of a {}."
 DEFAULT_SEEDS = tuple(range(101, 111))  # splits the project never tuned anything on
+DESCRIBE = "describe"
+DESCRIPTIONS = "descriptions"  # the objective column of a description arm's one pick
+THEN = ">"  # STRATEGY>describe: descriptions on top of that template search's best template
+
+
+@dataclass
+class Described:
+    """A description arm's picked set beside its slot template alone."""
+
+    template: str  # the slot template the descriptions went through
+    template_test: float  # that template alone (the class name in its slot) on test
+    initial_selection: float  # the first described set, before any refine round
+    rounds: int  # refine rounds run
+    rounds_kept: int  # refine rounds whose rewrite replaced the incumbent
+    missing: list[str] = field(default_factory=list)  # classes no reply described
+    classes: dict[str, list[str]] = field(default_factory=dict)  # class -> picked descriptions
 
 
 @dataclass
@@ -48,6 +73,8 @@ class Run:
     cost_usd: float = 0.0
     seconds: float = 0.0
     curve: list[tuple[int, float]] = field(default_factory=list)  # (evaluations, test acc of best so far)
+    search: str = ""  # the coordinator's name of the (last) search
+    described: Described | None = None  # description arms only
 
 
 def add_parser(sub: Any) -> None:
@@ -62,7 +89,9 @@ def add_parser(sub: Any) -> None:
         default=[s.value for s in Strategy],
         metavar="STRATEGY",
         help="strategy names, or a mix: edit+contrast (each its share of every iteration), "
-        "edit+contrast@bandit (one per iteration, chosen by Thompson sampling)",
+        "edit+contrast@bandit (one per iteration, chosen by Thompson sampling); describe (a "
+        "description search through the plain prompt) or STRATEGY>describe, e.g. edit>describe "
+        "(descriptions on top of that template search's best template)",
     )
     p.add_argument(
         "--objectives", nargs="+", default=[o.value for o in Objective], choices=[o.value for o in Objective]
@@ -80,6 +109,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--worst-k", type=int)
     p.add_argument("--temperature", type=float, default=0.5)
     p.add_argument("--pool", default="basic")
+    p.add_argument(
+        "--descriptions-per-class", type=int, default=3, help="description arms: descriptions per class"
+    )
+    p.add_argument("--rounds", type=int, default=3, help="description arms: refine rounds")
+    p.add_argument(
+        "--weakest-k", type=int, default=3, help="description arms: classes rewritten per refine round"
+    )
     p.add_argument("--parallel", type=int, default=2, help="searches in flight at once")
     p.add_argument("--llm-base-url", help="an OpenAI-compatible endpoint instead of the local SmolLM2")
     p.add_argument("--llm-model", default="smollm2-135m")
@@ -94,17 +130,48 @@ def add_parser(sub: Any) -> None:
 
 
 def arm(text: str) -> str:
-    """Validate one ``--strategies`` entry: a strategy, or ``A+B[@split|@bandit]`` for a mix."""
+    """Validate one ``--strategies`` entry: a strategy, ``A+B[@split|@bandit]`` for a mix,
+    ``describe``, or ``ARM>describe`` (a template arm, then descriptions on its best template)."""
+    from promptclimb.common.vocabulary import Strategy
+
+    first, then, last = text.rpartition(THEN)
+    if text == DESCRIBE or (then and last == DESCRIBE and _template_arm(first)):
+        return text
+    if not then and _template_arm(text):
+        return text
+    valid = {s.value for s in Strategy}
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: want one of {sorted(valid)}, a mix such as edit+contrast or edit+contrast@bandit, "
+        f"{DESCRIBE}, or a template arm then descriptions such as edit{THEN}{DESCRIBE}"
+    )
+
+
+def _template_arm(text: str) -> bool:
     from promptclimb.common.vocabulary import Strategy
 
     names, _, mode = text.partition("@")
-    valid = {s.value for s in Strategy}
     parts = names.split("+")
-    if any(p not in valid for p in parts) or mode not in ("", "split", "bandit") or (mode and len(parts) < 2):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: want one of {sorted(valid)}, or a mix such as edit+contrast or edit+contrast@bandit"
-        )
-    return text
+    valid = {s.value for s in Strategy}
+    return (
+        all(p in valid for p in parts) and mode in ("", "split", "bandit") and not (mode and len(parts) < 2)
+    )
+
+
+def description_arm(strategy_arm: str) -> tuple[bool, str | None]:
+    """(is a description arm, the template arm it runs first or None) for a ``--strategies`` entry."""
+    if strategy_arm == DESCRIBE:
+        return True, None
+    first, then, last = strategy_arm.rpartition(THEN)
+    if then and last == DESCRIBE:
+        return True, first
+    return False, None
+
+
+def uses_llm(strategy_arm: str) -> bool:
+    """Whether an arm asks the LLM (every arm but pure ``edit``)."""
+    if description_arm(strategy_arm)[0]:
+        return True
+    return any(p != "edit" for p in strategy_arm.partition("@")[0].split("+"))
 
 
 def mix_of(strategy_arm: str) -> tuple[str, list[str] | None, str | None]:
@@ -174,7 +241,7 @@ async def one_search(
         shots, seed, strategy, state_name(s.state), s.end_reason, plain_test,
         evaluations=len(s.history), llm_calls=s.usage.llm_calls,
         tokens=s.usage.prompt_tokens + s.usage.completion_tokens, cost_usd=s.usage.cost_usd,
-        seconds=time.monotonic() - started,
+        seconds=time.monotonic() - started, search=s.name,
     )  # fmt: skip
     history = [_domain(h) for h in s.history]
     if not history:
@@ -190,6 +257,64 @@ async def one_search(
     return run
 
 
+async def one_description_search(
+    args: argparse.Namespace, coordinator: Any, dataset: str, shots: int, seed: int, strategy: str,
+    plain_test: float, first: Run | None,
+) -> Run:  # fmt: skip
+    """A description search through the plain prompt, or ``from_search`` the template search ``first``.
+
+    The run's cost includes ``first``'s (the arm is both searches); its one pick is the described
+    set, ``(slot template, selection accuracy, test accuracy)`` under :data:`DESCRIPTIONS`.
+    """
+    from promptclimb.client import make_spec
+    from promptclimb.common.vocabulary import state_name
+    from promptclimb.demo.command import TASK
+
+    before = first or Run(shots, seed, strategy, "", "", plain_test)
+    if first is not None and (first.state != "SUCCEEDED" or not first.search):
+        return Run(
+            shots, seed, strategy, first.state, f"its template search ended: {first.end_reason}", plain_test,
+            evaluations=first.evaluations, llm_calls=first.llm_calls, tokens=first.tokens,
+            cost_usd=first.cost_usd, seconds=first.seconds, search=first.search,
+        )  # fmt: skip
+    spec = make_spec(
+        dataset,
+        selection_split="train",
+        evaluation_split="test",
+        descriptions=True,
+        descriptions_per_class=args.descriptions_per_class,
+        rounds=args.rounds,
+        weakest_k=args.weakest_k,
+        description_template="" if first else PLAIN,
+        from_search=first.search if first else "",
+        temperature=args.temperature,
+        seed=seed,
+        task_description=TASK,
+        display_name=f"bench {strategy} {shots}-shot seed {seed}",
+    )
+    started = time.monotonic()
+    s = await coordinator.wait((await coordinator.start(spec)).name)
+    # Selection-split evaluations: each step's summary carries the running count (the template
+    # alone, then one per description set scored).
+    evaluations = max((i.num_templates for i in s.iterations), default=len(s.history))
+    run = Run(
+        shots, seed, strategy, state_name(s.state), s.end_reason, plain_test,
+        evaluations=before.evaluations + evaluations, llm_calls=before.llm_calls + s.usage.llm_calls,
+        tokens=before.tokens + s.usage.prompt_tokens + s.usage.completion_tokens,
+        cost_usd=before.cost_usd + s.usage.cost_usd, seconds=before.seconds + time.monotonic() - started,
+        search=s.name,
+    )  # fmt: skip
+    if s.HasField("result") and s.result.HasField("descriptions"):
+        d = s.result.descriptions
+        run.picks = {DESCRIPTIONS: (d.template, d.selection_accuracy, d.evaluation_accuracy)}
+        run.described = Described(
+            d.template, d.template_evaluation_accuracy, d.initial_selection_accuracy, len(d.rounds),
+            sum(1 for r in d.rounds if r.accepted), list(d.missing),
+            {c.class_name: list(c.descriptions) for c in d.classes},
+        )  # fmt: skip
+    return run
+
+
 async def run_grid(
     args: argparse.Namespace,
     coordinator_target: str,
@@ -199,24 +324,49 @@ async def run_grid(
     """Every (shots, seed, strategy), ``--parallel`` at a time; prints one JSON line per run."""
     from promptclimb.client import CoordinatorClient, ScorerClient
 
-    gate = asyncio.Semaphore(args.parallel)
-    runs: list[Run] = []
     async with (
         CoordinatorClient(coordinator_target, timeout=120) as coordinator,
         ScorerClient(scorer_target) as scorer,
     ):
-        plain = {
-            key: (await scorer.evaluate(dataset, "test", [PLAIN])).scores[0].accuracy
-            for key, dataset in datasets.items()
-        }
+        return await grid(args, coordinator, scorer, datasets)
 
-        async def guarded(key: tuple[int, int], strategy: str) -> None:
+
+async def grid(
+    args: argparse.Namespace, coordinator: Any, scorer: Any, datasets: dict[tuple[int, int], str]
+) -> list[Run]:
+    """:func:`run_grid` on connected clients. A template search that a ``STRATEGY>describe`` arm
+    builds on is the same search as the ``STRATEGY`` arm's on that split (run once)."""
+    gate = asyncio.Semaphore(args.parallel)
+    runs: list[Run] = []
+    plain = {
+        key: (await scorer.evaluate(dataset, "test", [PLAIN])).scores[0].accuracy
+        for key, dataset in datasets.items()
+    }
+    template_searches: dict[tuple[tuple[int, int], str], asyncio.Task[Run]] = {}
+
+    def template_search(key: tuple[int, int], strategy: str) -> asyncio.Task[Run]:
+        async def guarded() -> Run:
             async with gate:
-                run = await one_search(args, coordinator, scorer, datasets[key], *key, strategy, plain[key])
-            print(json.dumps(asdict(run)), flush=True)
-            runs.append(run)
+                return await one_search(args, coordinator, scorer, datasets[key], *key, strategy, plain[key])
 
-        await asyncio.gather(*(guarded(key, st) for key in datasets for st in args.strategies))
+        if (key, strategy) not in template_searches:
+            template_searches[key, strategy] = asyncio.ensure_future(guarded())
+        return template_searches[key, strategy]
+
+    async def one_arm(key: tuple[int, int], strategy: str) -> None:
+        described, first = description_arm(strategy)
+        if described:
+            before = await template_search(key, first) if first else None
+            async with gate:  # taken after the template search, which takes its own
+                run = await one_description_search(
+                    args, coordinator, datasets[key], *key, strategy, plain[key], before
+                )
+        else:
+            run = await template_search(key, strategy)
+        print(json.dumps(asdict(run)), flush=True)
+        runs.append(run)
+
+    await asyncio.gather(*(one_arm(key, st) for key in datasets for st in args.strategies))
     return sorted(runs, key=lambda r: (r.shots, r.seed, args.strategies.index(r.strategy)))
 
 
@@ -253,13 +403,17 @@ def tables(runs: Sequence[Run], strategies: Sequence[str], objectives: Sequence[
                 )
                 continue
             done = [r for r in rows if r is not None]
-            for objective in objectives:
+            described = description_arm(strategy)[0]
+            edits = [by.get(("edit", s)) for s in seeds]
+            for objective in [DESCRIPTIONS] if described else objectives:
                 found = [r.picks[objective][2] for r in done]
                 fm, fs = mean_std(found)
                 vs_plain = paired(found, plain)
-                edits = [by.get(("edit", s)) for s in seeds]
                 vs_edit = "—"
-                if strategy != "edit" and all(e is not None and e.picks for e in edits):
+                if described and all(e is not None and e.curve for e in edits):
+                    # edit's final pick by the search's own objective (what from_search builds on)
+                    vs_edit = paired(found, [e.curve[-1][1] for e in edits if e is not None]).interval()
+                elif not described and strategy != "edit" and all(e is not None and e.picks for e in edits):
                     vs_edit = paired(
                         found, [e.picks[objective][2] for e in edits if e is not None]
                     ).interval()
@@ -273,6 +427,7 @@ def tables(runs: Sequence[Run], strategies: Sequence[str], objectives: Sequence[
                     f"| {wtl} | {100 * vs_plain.worst:+.1f} | {vs_edit} "
                     f"| {evals:.1f} | {calls:.1f} | {tokens:.0f} | ${cost:.4f} |"
                 )
+        out += _description_notes(by, seeds, strategies)
         if equal:
             out += [
                 "",
@@ -293,6 +448,49 @@ def tables(runs: Sequence[Run], strategies: Sequence[str], objectives: Sequence[
     return "\n".join(out)
 
 
+def _description_notes(
+    by: dict[tuple[str, int], Run], seeds: Sequence[int], strategies: Sequence[str]
+) -> list[str]:
+    """What a description arm's row means, and each one against its own slot template alone."""
+    from promptclimb.bench.stats import mean_std, paired
+
+    arms = [st for st in strategies if description_arm(st)[0]]
+    if not arms:
+        return []
+    out = [
+        "",
+        f"Rows with objective `{DESCRIPTIONS}` are description searches: one pick each (the described "
+        "set on test); their gain over edit is paired with `edit`'s final accuracy_then_loss pick. "
+        "Their evaluations are not comparable with a template search's: one evaluation scores a whole "
+        "description set (every class with each of its descriptions), a search scores the slot template "
+        "alone and then one set per step, and each step asks the LLM (describe in batches of classes, "
+        "one call per refine round); a `STRATEGY>describe` row counts both of its searches. They are "
+        "left out of the equal-evaluations comparison and the curve.",
+        "",
+        "Description arms against their own slot template alone (test; paired, 95% CI; W/T/L):",
+        "",
+    ]
+    for strategy in arms:
+        rows = [by.get((strategy, s)) for s in seeds]
+        done = [r.described for r in rows if r is not None and r.described is not None and r.picks]
+        if len(done) < len(seeds):
+            out.append(f"- {strategy}: {len(seeds) - len(done)} of {len(seeds)} searches found nothing")
+            continue
+        found = [r.picks[DESCRIPTIONS][2] for r in rows if r is not None]
+        alone = [d.template_test for d in done]
+        p = paired(found, alone)
+        templates = sorted({d.template for d in done})
+        shown = f"`{templates[0]}`" if len(templates) == 1 else f"{len(templates)} different templates"
+        out.append(
+            f"- {strategy}: template alone ({shown}) {100 * mean_std(alone)[0]:.1f}, descriptions "
+            f"{100 * mean_std(found)[0]:.1f}: {p.interval()} ({p.wins}/{p.ties}/{p.losses}); "
+            f"refine rounds kept {sum(d.rounds_kept for d in done) / len(done):.1f} of "
+            f"{sum(d.rounds for d in done) / len(done):.1f}; classes left undescribed "
+            f"{sum(len(d.missing) for d in done) / len(done):.1f}"
+        )
+    return out
+
+
 def _at_equal_evaluations(
     by: dict[tuple[str, int], Run], seeds: Sequence[int], strategies: Sequence[str]
 ) -> dict[str, Any]:
@@ -305,7 +503,11 @@ def _at_equal_evaluations(
         return out
     for strategy in strategies:
         rows = [by.get((strategy, s)) for s in seeds]
-        if strategy == "edit" or not all(r is not None and r.curve for r in rows):
+        if (
+            strategy == "edit"
+            or description_arm(strategy)[0]
+            or not all(r is not None and r.curve for r in rows)
+        ):
             continue
         mine = [r.curve[-1][1] for r in rows if r is not None]
         theirs = [
@@ -318,7 +520,10 @@ def _at_equal_evaluations(
 
 
 def plot(runs: Sequence[Run], strategies: Sequence[str], path: Path) -> Path:
-    """Mean test accuracy of the best-so-far template against evaluations spent, per strategy and shots."""
+    """Mean test accuracy of the best-so-far template against evaluations spent, per strategy and shots.
+
+    Description arms have no such curve (their evaluations are description sets) and are left out.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -329,6 +534,8 @@ def plot(runs: Sequence[Run], strategies: Sequence[str], path: Path) -> Path:
     for ax, shots in zip(axes[0], shots_values, strict=True):
         plain = [r.plain_test for r in runs if r.shots == shots and r.strategy == strategies[0]]
         for strategy in strategies:
+            if description_arm(strategy)[0]:
+                continue
             curves = [r.curve for r in runs if r.shots == shots and r.strategy == strategy and r.curve]
             if not curves:
                 continue
@@ -374,7 +581,7 @@ def run_bench(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         base_url = args.llm_base_url
-        needs_llm = any(p != "edit" for a in args.strategies for p in a.partition("@")[0].split("+"))
+        needs_llm = any(uses_llm(a) for a in args.strategies)
         if base_url is None and needs_llm:
             gguf = smollm2_gguf()
             if gguf is None or missing_extra("llm"):
