@@ -269,6 +269,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                     grpc.StatusCode.FAILED_PRECONDITION, f"search {request.name!r} is still {record.state}"
                 ),
             )
+        if record.config.descriptions is not None:
+            why = f"search {request.name!r} is a description search: its rules are not replayable"
+            await abort(context, ServiceError(grpc.StatusCode.FAILED_PRECONDITION, why))
         try:
             overrides = replay_overrides(request.spec, list(request.update_mask.paths))
             outcome = await replay(

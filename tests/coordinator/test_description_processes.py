@@ -231,6 +231,11 @@ async def test_a_description_search_continues_from_a_template_search(fleet: Flee
         # The template alone is where the template search ended, on the same evaluation split.
         assert d.template_evaluation_accuracy == templates.result.best_evaluation_accuracy
 
+        with pytest.raises(grpc.aio.AioRpcError) as replayed:
+            await client.replay(continued.name, patience=1)
+        assert replayed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "description search" in (replayed.value.details() or "")
+
         for source, code in (
             ("searches/does-not-exist", grpc.StatusCode.NOT_FOUND),
             (continued.name, grpc.StatusCode.FAILED_PRECONDITION),  # a description search

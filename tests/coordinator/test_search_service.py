@@ -150,6 +150,31 @@ async def test_optimizer_down_fails_after_retries_keeping_the_scored_pool(harnes
     assert not failed.HasField("result") or not failed.result.best.template
 
 
+async def test_a_bad_description_spec_names_each_field(harness: Harness) -> None:
+    spec = make_spec(
+        "toy",
+        descriptions=True,
+        descriptions_per_class=11,
+        rounds=-1,
+        description_template="no slot",
+        transfer_models=["other"],
+        max_evaluations=1,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await harness.client.start(spec)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    bad = error_details_pb2.BadRequest()
+    rpc_status.from_call(err.value).details[0].Unpack(bad)
+    assert {v.field for v in bad.field_violations} == {
+        "spec.descriptions.descriptions_per_class",
+        "spec.descriptions.rounds",
+        "spec.descriptions.template",
+        "spec.transfer_models",
+        "spec.budget.max_evaluations",
+    }
+    assert await harness.client.list() == []  # nothing was started
+
+
 @pytest.mark.parametrize("fake_scorer", [FakeScorer(unavailable_first=2)])
 async def test_scorer_unavailable_costs_a_retry_not_the_search(harness: Harness) -> None:
     search = await harness.client.start(dataset="toy", iterations=1)
