@@ -331,6 +331,34 @@ class DescriptionPlan:
     classes_per_call: tuple[int, ...]
 
 
+def description_request(
+    strategy: DescriptionStrategy,
+    *,
+    class_names: Sequence[str],
+    scored: Mapping[str, tuple[Sequence[str], float]] | None,
+    confusions: Sequence[tuple[str, str, int]],
+    task_description: str,
+    **optional: float | None,
+) -> optimizer_pb2.ProposeDescriptionsRequest:
+    """The ProposeDescriptions message (also what PlanDescriptions plans); ``optional`` fields set
+    only when not None (descriptions_per_class, weakest_k, max_classes_per_call, max_llm_calls,
+    temperature, seed)."""
+    message = optimizer_pb2.ProposeDescriptionsRequest(
+        strategy=DESCRIPTION_STRATEGY_TO_PROTO[strategy],
+        task_description=task_description,
+        class_names=list(class_names),
+        scored=[
+            optimizer_pb2.ScoredClass(class_name=c, descriptions=list(d), accuracy=a)
+            for c, (d, a) in (scored or {}).items()
+        ],
+        confusions=[common_pb2.Confusion(true_class=t, predicted_class=p, count=n) for t, p, n in confusions],
+    )
+    for name, value in optional.items():
+        if value is not None:
+            setattr(message, name, value)
+    return message
+
+
 class GrpcProposer:
     """The :class:`~services.coordinator.search.TemplateProposer` port over OptimizerService."""
 
@@ -376,28 +404,19 @@ class GrpcProposer:
     ) -> DescriptionProposal:
         """One ProposeDescriptions call: ``describe`` ``class_names``, or ``refine`` the weakest of
         ``scored`` (class -> (descriptions, accuracy)) given the set's ``confusions``."""
-        message = optimizer_pb2.ProposeDescriptionsRequest(
-            strategy=DESCRIPTION_STRATEGY_TO_PROTO[strategy],
+        message = description_request(
+            strategy,
+            class_names=class_names,
+            scored=scored,
+            confusions=confusions,
             task_description=task_description,
-            class_names=list(class_names),
-            scored=[
-                optimizer_pb2.ScoredClass(class_name=c, descriptions=list(d), accuracy=a)
-                for c, (d, a) in (scored or {}).items()
-            ],
-            confusions=[
-                common_pb2.Confusion(true_class=t, predicted_class=p, count=n) for t, p, n in confusions
-            ],
+            descriptions_per_class=descriptions_per_class,
+            weakest_k=weakest_k,
+            max_classes_per_call=max_classes_per_call,
+            max_llm_calls=max_llm_calls,
+            temperature=temperature,
+            seed=seed,
         )
-        for name, value in (
-            ("descriptions_per_class", descriptions_per_class),
-            ("weakest_k", weakest_k),
-            ("max_classes_per_call", max_classes_per_call),
-            ("max_llm_calls", max_llm_calls),
-            ("temperature", temperature),
-            ("seed", seed),
-        ):
-            if value is not None:
-                setattr(message, name, value)
         reply = await self.retry.call(
             "optimizer ProposeDescriptions",
             lambda: self.stub.ProposeDescriptions(message, timeout=self.deadline),
@@ -433,28 +452,19 @@ class GrpcProposer:
     ) -> DescriptionPlan:
         """One PlanDescriptions call: what :meth:`propose_descriptions` with the same arguments
         would take (calls, tokens, the model), without asking the LLM."""
-        message = optimizer_pb2.ProposeDescriptionsRequest(
-            strategy=DESCRIPTION_STRATEGY_TO_PROTO[strategy],
+        message = description_request(
+            strategy,
+            class_names=class_names,
+            scored=scored,
+            confusions=confusions,
             task_description=task_description,
-            class_names=list(class_names),
-            scored=[
-                optimizer_pb2.ScoredClass(class_name=c, descriptions=list(d), accuracy=a)
-                for c, (d, a) in (scored or {}).items()
-            ],
-            confusions=[
-                common_pb2.Confusion(true_class=t, predicted_class=p, count=n) for t, p, n in confusions
-            ],
+            descriptions_per_class=descriptions_per_class,
+            weakest_k=weakest_k,
+            max_classes_per_call=max_classes_per_call,
+            max_llm_calls=max_llm_calls,
+            temperature=temperature,
+            seed=seed,
         )
-        for name, value in (
-            ("descriptions_per_class", descriptions_per_class),
-            ("weakest_k", weakest_k),
-            ("max_classes_per_call", max_classes_per_call),
-            ("max_llm_calls", max_llm_calls),
-            ("temperature", temperature),
-            ("seed", seed),
-        ):
-            if value is not None:
-                setattr(message, name, value)
         request = optimizer_pb2.PlanDescriptionsRequest(request=message)
         reply = await self.retry.call(
             "optimizer PlanDescriptions",
