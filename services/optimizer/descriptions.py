@@ -531,7 +531,9 @@ class _Batches:
     The one loop both :meth:`DescriptionWriter.propose` and :meth:`DescriptionWriter.plan` run:
     up to ``cap`` of the classes still pending per call, fitted to the prompt budget; a class a
     reply left out comes again, until the calls (the request's max_llm_calls, else twice the calls
-    the classes need at first) run out.
+    the classes need at first) run out. The default counts the prompt budget too: a call fitted to
+    fewer classes than the cap allows adds twice the calls its left-over classes need, so complete
+    replies always describe every class.
     """
 
     def __init__(self, fit: _Fit, request: DescriptionRequest, todo: list[str], cap: int) -> None:
@@ -541,6 +543,7 @@ class _Batches:
         self.todo = todo
         self.pending = list(todo)
         self.cap = cap
+        self.fixed = bool(request.max_llm_calls)  # the caller's bound, never extended
         self.max_llm_calls = request.max_llm_calls or 2 * math.ceil(len(todo) / cap)
         self.calls_left = self.max_llm_calls
         self.asked: set[str] = set()
@@ -555,6 +558,10 @@ class _Batches:
         self.calls_left -= 1
         classes = self.pending[: self.cap]
         batch, messages, counted = await self.fit(self.build, self.request, classes, self.asked)
+        if not self.fixed and len(batch) < len(classes):  # the prompt budget, not the cap, split it
+            extra = 2 * math.ceil((len(classes) - len(batch)) / len(batch))
+            self.max_llm_calls += extra
+            self.calls_left += extra
         seed = None if self.request.seed is None else self.request.seed + self.calls
         self.calls += 1
         return _Call(batch, messages, counted, seed)
