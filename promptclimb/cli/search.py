@@ -412,13 +412,20 @@ def _search_list(args: argparse.Namespace) -> int:
                 _state(s),
                 s.spec.dataset,
                 f"{s.restart}.{s.iteration}",
-                f"{s.best.accuracy:.4f}" if s.best.template else "-",
+                _best_accuracy(s),
                 s.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
             )
         Console().print(table)
         return 0
 
     return _rpc(run)
+
+
+def _best_accuracy(s: Any) -> str:
+    """The best selection accuracy so far: a description search's kept set, else the best template."""
+    if s.spec.HasField("descriptions"):
+        return f"{s.iterations[-1].best_accuracy:.4f}" if s.iterations else "-"
+    return f"{s.best.accuracy:.4f}" if s.best.template else "-"
 
 
 async def _follow(client: Any, name: str, args: argparse.Namespace) -> int:

@@ -45,6 +45,11 @@ class FakeCoordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> coordinator_pb2.GetSearchResponse:
         return coordinator_pb2.GetSearchResponse(search=self.search)
 
+    def ListSearches(
+        self, request: coordinator_pb2.ListSearchesRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.ListSearchesResponse:
+        return coordinator_pb2.ListSearchesResponse(searches=[self.search])
+
 
 PLAN = coordinator_pb2.SearchPlan(
     llm_calls=17,
@@ -311,3 +316,12 @@ def test_a_template_search_is_shown_as_before(
     assert "selection accuracy (train): 0.8000" in lines
     assert "evaluation accuracy (test): 0.7000" in lines
     assert not any("description" in line for line in lines)
+
+
+def test_search_list_shows_the_kept_descriptions_not_the_template_alone(
+    fake: tuple[FakeCoordinator, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _servicer, target = fake
+    assert main(["search", "list", "--coordinator", target]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "searches/d1" in line)
+    assert "0.7500" in row and "0.5000" not in row  # the kept set (iterations), not best: the template
