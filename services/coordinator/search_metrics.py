@@ -56,13 +56,18 @@ def count_search_end(state: SearchState | None, end_reason: str) -> None:
     """Count a search that spent a budget without improving on its seed pool.
 
     "Improving" is the search's own notion of best: the template its objective ranks first came
-    from an iteration (>= 1), not from the seed pool (iteration 0).
+    from an iteration (>= 1), not from the seed pool (iteration 0); for a description search, the
+    kept description set scores above its slot template alone.
     """
     budget = end_reason.removeprefix("budget: ")
     if state is None or budget == end_reason or budget not in BUDGETS:
         return
     best = state.best
-    if best is not None and best.iteration == 0:
+    if state.config.descriptions is not None:
+        kept = state.iterations[-1].best_accuracy if state.iterations else None
+        if best is not None and (kept is None or kept <= best.accuracy):
+            UNIMPROVED.labels(budget).inc()
+    elif best is not None and best.iteration == 0:
         UNIMPROVED.labels(budget).inc()
 
 
@@ -74,9 +79,10 @@ class LiveSearches(Protocol):
 
 
 def identity(record: SearchRecord) -> list[str]:
-    """The label values of a search: id, display name, dataset, strategy (``a+b`` for a mix), model."""
+    """The label values of a search: id, display name, dataset, strategy (``a+b`` for a mix,
+    ``describe`` for a description search), model."""
     config: SearchConfig = record.config
-    strategy = "+".join(s.value for s in config.proposers)
+    strategy = "describe" if config.descriptions else "+".join(s.value for s in config.proposers)
     return [record.id, config.display_name[:MAX_DISPLAY_NAME], config.dataset, strategy, config.model]
 
 
@@ -185,9 +191,11 @@ class RunningSearches(Collector):
         labels = identity(record)
         out: list[tuple[str, list[str], float]] = []
         best = state.best
-        if best is not None:
-            out.append(("best", labels, best.accuracy))
         iterations = list(state.iterations)
+        if record.config.descriptions is not None and iterations:
+            out.append(("best", labels, iterations[-1].best_accuracy))  # the kept description set
+        elif best is not None:
+            out.append(("best", labels, best.accuracy))
         if iterations:
             out.append(("mean", labels, iterations[-1].mean_accuracy))
         out += [

@@ -17,6 +17,7 @@ from sqlalchemy import update
 
 from services.coordinator.search import (
     Budget,
+    DescriptionSpec,
     IterationSummary,
     Phase,
     ScoredTemplate,
@@ -194,6 +195,26 @@ def test_a_budget_spent_on_the_seed_pool_is_counted() -> None:
     count_search_end(None, "budget: max_tokens")  # ended before it ran
     assert _unimproved("max_llm_calls") == before["max_llm_calls"] + 1
     assert _unimproved("max_tokens") == before["max_tokens"]
+
+
+def test_a_description_search_reports_its_kept_set_and_is_unimproved_only_at_the_template() -> None:
+    config = SearchConfig(dataset="pets", descriptions=DescriptionSpec(template="a photo of a {}."))
+    state = SearchState(config)
+    state.history = [ScoredTemplate("a photo of a {}.", 0.5, 5, 10, 0, 0, "pool")]  # the template alone
+    state.iterations = [IterationSummary(0, 0, 0.6, 0.6, 2), IterationSummary(0, 1, 0.7, 0.55, 3)]
+    runner = Runner({"d1": (_record("d1", config), state)})  # tracked weakly: keep it
+    collector = RunningSearches()
+    collector.track(runner)
+    values = _values(_scrape(collector), "d1")
+    assert values["best_accuracy"] == 0.7 and values["mean_accuracy"] == 0.55
+    assert {dict(labels).get("strategy") for _, labels in _scrape(collector) if labels} == {"describe"}
+
+    before = _unimproved("max_llm_calls")
+    count_search_end(state, "budget: max_llm_calls")  # the kept set beats the template alone
+    assert _unimproved("max_llm_calls") == before
+    state.iterations = [IterationSummary(0, 0, 0.4, 0.4, 2)]
+    count_search_end(state, "budget: max_llm_calls")  # nothing above the template alone
+    assert _unimproved("max_llm_calls") == before + 1
 
 
 async def _until_async(check: Callable[[], bool], what: str) -> None:
