@@ -111,6 +111,7 @@ class DescriptionScore:
     loss: float = 0.0
     per_class_accuracy: tuple[float, ...] = ()  # in the dataset's class order, when asked
     confusions: tuple[tuple[str, str, int], ...] = ()  # (true, predicted, count), when asked
+    dropped: tuple[tuple[str, tuple[str, ...]], ...] = ()  # drop_overlong: (class, texts left out)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (a description search journals it)."""
@@ -128,6 +129,7 @@ class DescriptionScore:
             d["loss"],
             tuple(d["per_class_accuracy"]),
             tuple((t, p, int(n)) for t, p, n in d["confusions"]),
+            tuple((c, tuple(texts)) for c, texts in d.get("dropped", ())),
         )
 
 
@@ -225,6 +227,7 @@ class GrpcScorer:
         template: str = "",
         per_class: bool = False,
         top_confusions: int = 0,
+        drop_overlong: bool = False,
     ) -> list[DescriptionScore]:
         """Score description sets (name -> class name -> texts), in request order.
 
@@ -257,6 +260,7 @@ class GrpcScorer:
                     sets=chunk,
                     per_class=per_class,
                     top_confusions=top_confusions,
+                    drop_overlong_texts=drop_overlong,
                 )
                 reply = await self.retry.call(
                     "scorer EvaluateDescriptions",
@@ -273,6 +277,7 @@ class GrpcScorer:
                     s.loss,
                     tuple(s.per_class_accuracy),
                     tuple((c.true_class, c.predicted_class, c.count) for c in s.confusions),
+                    tuple((d.class_name, tuple(d.texts)) for d in s.dropped),
                 )
                 for s in reply.scores
             ]

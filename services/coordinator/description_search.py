@@ -79,6 +79,7 @@ class DescriptionScorer(TemplateScorer, Protocol):
         template: str = "",
         per_class: bool = False,
         top_confusions: int = 0,
+        drop_overlong: bool = False,
     ) -> list[DescriptionScore]:
         """One score per set, in order."""
         ...
@@ -234,8 +235,11 @@ class DescriptionClimb:
         t1 = self.clock()
         self.state.phase = Phase.SCORING
         await self.journal.checkpoint(self.state, "phase")
-        score = await self._score_set(score_key("selection", "initial"), cfg.selection_split, current)
+        score, current = await self._score_set(
+            score_key("selection", "initial"), cfg.selection_split, current
+        )
         self._incumbent, self._score, self._initial = current, score, score.accuracy
+        self._missing = tuple(c for c in self._names if c in self._missing or current[c] == BARE)
         self._summarise(0, score.accuracy, t1 - t0, self.clock() - t1)
         await self.journal.checkpoint(self.state, "iteration")
 
@@ -266,14 +270,16 @@ class DescriptionClimb:
         candidate = {**current, **{c: proposal.descriptions[c] for c in rewritten}}
         self.state.phase = Phase.SCORING
         await self.journal.checkpoint(self.state, "phase")
-        tried = await self._score_set(
+        tried, candidate = await self._score_set(
             score_key("selection", f"round-{index}"), cfg.selection_split, candidate
         )
         better = (tried.accuracy, -tried.loss) > (score.accuracy, -score.loss)
         self._rounds.append(DescriptionRound(index + 1, rewritten, tried.accuracy, tried.loss, better))
         if better:
             self._incumbent, self._score = candidate, tried
-            self._missing = tuple(c for c in self._missing if c not in rewritten)
+            self._missing = tuple(
+                c for c in self._names if (c in self._missing and c not in rewritten) or candidate[c] == BARE
+            )
         self._summarise(index + 1, tried.accuracy, t1 - t0, self.clock() - t1)
         await self.journal.checkpoint(self.state, "iteration")
 
@@ -283,7 +289,7 @@ class DescriptionClimb:
         self.state.phase = Phase.EVALUATING
         await self.journal.checkpoint(self.state, "phase")
         (plain,) = await self._templates(cfg.evaluation_split, self.base_template, count=False)
-        picked = await self._score_set(
+        picked, _ = await self._score_set(
             score_key("evaluation", "pick"), cfg.evaluation_split, self._incumbent, selection=False
         )
         score = self._score
@@ -336,7 +342,9 @@ class DescriptionClimb:
 
     async def _score_set(
         self, key: str, split: str, descriptions: Descriptions, *, selection: bool = True
-    ) -> DescriptionScore:
+    ) -> tuple[DescriptionScore, Descriptions]:
+        """The set's score and the set as scored: a text over the scorer's token context is left
+        out of its class (a class left with none keeps its bare name), not a reason to fail."""
         recorded = self.journal.recorded_step(key)
         if recorded is not None:
             score = DescriptionScore.from_json(recorded)
@@ -350,6 +358,7 @@ class DescriptionClimb:
                 template=self.spec.template,
                 per_class=True,
                 top_confusions=self.spec.top_confusions if selection else 0,
+                drop_overlong=True,
             )
             if score.error is not None:
                 raise SearchFailed("INTERNAL", f"the scorer rejected a description set: {score.error}")
@@ -357,7 +366,11 @@ class DescriptionClimb:
         self.state.usage.evaluations += 1
         if selection:
             self.state.usage.search_evaluations += 1
-        return score
+        dropped = {c: set(texts) for c, texts in score.dropped}
+        scored = {
+            c: tuple(t for t in ts if t not in dropped.get(c, ())) or BARE for c, ts in descriptions.items()
+        }
+        return score, scored
 
     async def _templates(self, split: str, template: str, *, count: bool) -> list[Score]:
         """The slot template alone on ``split``, through the template journal (so in the history)."""

@@ -96,10 +96,17 @@ class NamedScorer:
         template: str = "",
         per_class: bool = False,
         top_confusions: int = 0,
+        drop_overlong: bool = False,
     ) -> list[DescriptionScore]:
         """Description sets scored on this model."""
         return await self.scorer.evaluate_descriptions(
-            dataset, split, sets, template=template, per_class=per_class, top_confusions=top_confusions
+            dataset,
+            split,
+            sets,
+            template=template,
+            per_class=per_class,
+            top_confusions=top_confusions,
+            drop_overlong=drop_overlong,
         )
 
 

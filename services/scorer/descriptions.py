@@ -65,6 +65,10 @@ class PreparedSet:
 
     name: str
     texts: tuple[tuple[str, ...], ...]
+    # Per class, the text as sent behind each filled text (for what drop_overlong reports), and
+    # the bare name filled into the template (what a class whose every text is dropped gets).
+    sources: tuple[dict[str, str], ...] = ()
+    bare: tuple[str, ...] = ()
 
     @property
     def num_texts(self) -> int:
@@ -97,6 +101,7 @@ def prepare(description_set: DescriptionSet, class_names: Sequence[str]) -> Prep
             raise SetRejected(f"template: {exc}") from None
     index = {name: i for i, name in enumerate(class_names)}
     by_class: dict[int, tuple[str, ...]] = {}
+    raw: dict[int, dict[str, str]] = {}
     for name, texts in description_set.classes:
         i = index.get(name)
         if i is None:
@@ -110,6 +115,7 @@ def prepare(description_set: DescriptionSet, class_names: Sequence[str]) -> Prep
                 f"class {_quote(name)} has {len(texts)} texts, more than the {MAX_TEXTS_PER_CLASS} allowed"
             )
         filled: list[str] = []
+        sources: dict[str, str] = {}
         for j, text in enumerate(texts):
             try:
                 check_text(text)
@@ -117,13 +123,21 @@ def prepare(description_set: DescriptionSet, class_names: Sequence[str]) -> Prep
                 raise SetRejected(f"class {_quote(name)}, text {j}: {exc}") from None
             own = fill(text, name)
             filled.append(fill(template, own) if template else own)
+            sources.setdefault(filled[-1], text)
         by_class[i] = tuple(dict.fromkeys(filled))  # a repeated text would weigh twice in the mean
+        raw[i] = sources
     missing = [c for i, c in enumerate(class_names) if i not in by_class]
     if missing:
         shown = ", ".join(_quote(c) for c in missing[:_MISSING_SHOWN])
         more = f" and {len(missing) - _MISSING_SHOWN} more" if len(missing) > _MISSING_SHOWN else ""
         raise SetRejected(f"{len(missing)} of {len(class_names)} classes have no texts: {shown}{more}")
-    return PreparedSet(description_set.name, tuple(by_class[i] for i in range(len(class_names))))
+    order = range(len(class_names))
+    return PreparedSet(
+        description_set.name,
+        tuple(by_class[i] for i in order),
+        tuple(raw[i] for i in order),
+        tuple(fill(template, c) if template else c for c in class_names),
+    )
 
 
 def _quote(text: str, limit: int = 60) -> str:
@@ -141,6 +155,7 @@ class DescriptionJob:
     sets: list[PreparedSet | str]  # a string is the rejection reason
     per_class: bool
     top_confusions: int
+    drop_overlong: bool = False  # drop over-long texts from their class instead of the set
 
     @property
     def size(self) -> int:
@@ -149,8 +164,14 @@ class DescriptionJob:
         return max(1, math.ceil(texts / max(1, len(self.dataset.class_names))))
 
     def groups(self) -> list[tuple[str, ...]]:
-        """The texts to encode, one group per (set, class): texts of a group share their prefix."""
-        return [texts for s in self.sets if isinstance(s, PreparedSet) for texts in s.texts]
+        """The texts to encode, one group per (set, class): texts of a group share their prefix.
+
+        With ``drop_overlong``, also each set's bare class names (a class may fall back to its own).
+        """
+        groups = [texts for s in self.sets if isinstance(s, PreparedSet) for texts in s.texts]
+        if self.drop_overlong:
+            groups += [s.bare for s in self.sets if isinstance(s, PreparedSet)]
+        return groups
 
 
 def make_job(
@@ -159,6 +180,7 @@ def make_job(
     sets: Sequence[DescriptionSet],
     per_class: bool,
     top_confusions: int,
+    drop_overlong: bool = False,
 ) -> DescriptionJob:
     """The job of a request: each set prepared, or the reason it was rejected."""
     prepared: list[PreparedSet | str] = []
@@ -167,7 +189,9 @@ def make_job(
             prepared.append(prepare(s, dataset.class_names))
         except SetRejected as exc:
             prepared.append(str(exc))
-    return DescriptionJob(dataset, split, [s.name for s in sets], prepared, per_class, top_confusions)
+    return DescriptionJob(
+        dataset, split, [s.name for s in sets], prepared, per_class, top_confusions, drop_overlong
+    )
 
 
 def class_weights(prepared: PreparedSet, embeddings: Mapping[str, Any]) -> Any:
@@ -176,6 +200,22 @@ def class_weights(prepared: PreparedSet, embeddings: Mapping[str, Any]) -> Any:
 
     means = [torch.stack([embeddings[t] for t in texts]).mean(dim=0) for texts in prepared.texts]
     return torch.nn.functional.normalize(torch.stack(means), dim=-1)
+
+
+def _without_overlong(
+    s: PreparedSet, too_long: Mapping[str, str]
+) -> tuple[PreparedSet, list[tuple[int, list[str]]]]:
+    """``s`` without its over-long texts (a class left with none: its bare name), and per class
+    the texts as sent that were dropped."""
+    kept: list[tuple[str, ...]] = []
+    dropped: list[tuple[int, list[str]]] = []
+    for c, texts in enumerate(s.texts):
+        fits = tuple(t for t in texts if t not in too_long)
+        gone = [s.sources[c][t] for t in texts if t in too_long]
+        if gone:
+            dropped.append((c, gone))
+        kept.append(fits or (s.bare[c],))
+    return PreparedSet(s.name, tuple(kept), s.sources, s.bare), dropped
 
 
 def score_job(
@@ -195,6 +235,9 @@ def score_job(
         if isinstance(s, str):
             results.append(TemplateResult(name, error=s))
             continue
+        dropped: list[tuple[int, list[str]]] = []
+        if job.drop_overlong:
+            s, dropped = _without_overlong(s, too_long)
         over = next(((c, t) for c, texts in enumerate(s.texts) for t in texts if t in too_long), None)
         if over is not None:
             c, text = over
@@ -204,7 +247,7 @@ def score_job(
                 )
             )
             continue
-        result = TemplateResult(name, num_texts=s.num_texts)
+        result = TemplateResult(name, num_texts=s.num_texts, dropped=dropped)
         results.append(result)
         heads.append(class_weights(s, embeddings))
         scored.append(result)

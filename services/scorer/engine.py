@@ -307,9 +307,11 @@ class ScoringEngine:
         sets: Sequence[DescriptionSet],
         per_class: bool = False,
         top_confusions: int = 0,
+        drop_overlong: bool = False,
     ) -> Evaluation:
         """Score each description set (:mod:`services.scorer.descriptions`); an invalid set gets its
-        own error. ``top_confusions``: that many of each set's most frequent confusions."""
+        own error. ``top_confusions``: that many of each set's most frequent confusions;
+        ``drop_overlong``: over-long texts leave their class instead of rejecting the set."""
         dataset = self._target(dataset_id, split)
         limit = self.settings.max_templates_per_request
         if not sets:
@@ -325,7 +327,7 @@ class ScoringEngine:
             )
         if not 0 <= top_confusions <= MAX_TOP_CONFUSIONS:
             raise BadRequest(f"top_confusions must be between 0 and {MAX_TOP_CONFUSIONS}", "top_confusions")
-        job = make_job(dataset, split, sets, per_class, top_confusions)
+        job = make_job(dataset, split, sets, per_class, top_confusions, drop_overlong)
         return await self.batcher.submit(job, job.size)
 
     def _target(self, dataset_id: str, split: str) -> FewShotSet:

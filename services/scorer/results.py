@@ -26,6 +26,8 @@ class TemplateResult:
     confusions: list[tuple[int, int, int]] = field(default_factory=list)
     # Distinct texts the head was built from (description sets; 0 for a template).
     num_texts: int = 0
+    # drop_overlong: (class index, texts as sent) left out of a description set for being over-long.
+    dropped: list[tuple[int, list[str]]] = field(default_factory=list)
 
     @property
     def accuracy(self) -> float:

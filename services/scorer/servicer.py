@@ -103,6 +103,7 @@ def _set_score(r: TemplateResult, class_names: Sequence[str]) -> scorer_pb2.Desc
             for t, p, n in r.confusions
         ],
         num_texts=r.num_texts,
+        dropped=[common_pb2.ClassDescriptions(class_name=class_names[c], texts=t) for c, t in r.dropped],
     )
     if r.error is not None:
         msg.error.code = _INVALID_ARGUMENT
@@ -238,6 +239,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServiceServicer):
                 description_sets(request),
                 request.per_class,
                 request.top_confusions,
+                request.drop_overlong_texts,
             ),
         )
         return scorer_pb2.EvaluateDescriptionsResponse(

@@ -227,3 +227,36 @@ async def test_an_optimizer_gone_after_the_first_set_leaves_a_partial_result(sco
         await DescriptionClimb(state, scorer, Gone(), StepJournal()).run()
     assert state.result is not None and state.result.partial
     assert state.result.descriptions is not None and state.result.descriptions.evaluation_accuracy > 0
+
+
+async def test_an_over_long_description_is_left_out_not_a_failed_search(scorer: GrpcScorer) -> None:
+    """The scorer's 77-token context: a long LLM text once failed a benchmark search; it is now
+    dropped from its class (a class left with none keeps its bare name) and the search goes on."""
+    long_text = "{}, " + "with very many numbers 1.2.5.03-1789-64 " * 12
+
+    class Verbose(ScriptedProposer):
+        async def propose_descriptions(
+            self, strategy: DescriptionStrategy, **kwargs: Any
+        ) -> DescriptionProposal:
+            proposal = await super().propose_descriptions(strategy, **kwargs)
+            if strategy is not DescriptionStrategy.DESCRIBE:
+                return proposal
+            names = list(kwargs["class_names"])
+            texts = {**proposal.descriptions, names[0]: ("a {} shape", long_text), names[1]: (long_text,)}
+            return DescriptionProposal(texts, (), 1, 10, 5)
+
+    state = await DescriptionClimb(
+        description_search("a photo of a {}."), scorer, Verbose(), StepJournal()
+    ).run()
+    assert state.end_reason == "completed" and state.result is not None
+    d = state.result.descriptions
+    assert d is not None
+    kept = {c.class_name: c.descriptions for c in d.classes}
+    names = await scorer.class_names("demo")
+    assert long_text not in {t for texts in kept.values() for t in texts}
+    # The first set's score is that of the set without the long texts.
+    pruned = {c: ("a photo of a {}.", "a {} shape") for c in names}
+    pruned |= {names[0]: ("a {} shape",), names[1]: BARE, names[-1]: BARE}  # the last: never described
+    (first,) = await scorer.evaluate_descriptions("demo", "train", {"s": pruned}, template="a photo of a {}.")
+    assert (d.initial_selection_accuracy, state.iterations[0].best_accuracy) == (first.accuracy,) * 2
+    assert names[1] in d.missing or any(names[1] in r.rewritten and r.accepted for r in d.rounds)

@@ -199,6 +199,31 @@ async def test_bad_sets_get_their_own_errors_and_the_others_are_scored(
     await engine.close()
 
 
+async def test_drop_overlong_leaves_out_only_the_over_long_texts(tiny_model: Path, images: Path) -> None:
+    engine = make_engine(tiny_model, images)
+    long_text = "a " + "very " * 80 + "{}"
+    texts = {**DESCRIBED, "red square": ["a {}", long_text], "black bar": [long_text]}
+    result = await engine.evaluate_descriptions(
+        "demo", "test", [DescriptionSet.of("s", texts, TEMPLATE)], per_class=True, drop_overlong=True
+    )
+    (score,) = result.scores
+    assert score.error is None
+    assert score.dropped == [
+        (CLASSES.index("black bar"), [long_text]),
+        (CLASSES.index("red square"), [long_text]),
+    ]
+    # Scored as the set without them, the emptied class with its bare name in the template.
+    pruned = {**DESCRIBED, "red square": ["a {}"], "black bar": ["{}"]}
+    expected = by_open_clip(tiny_model, images, "test", pruned, TEMPLATE)
+    assert (score.correct, score.per_class_accuracy) == (expected.correct, expected.per_class)
+    # Without the flag the same set is rejected, as before.
+    (strict,) = (
+        await engine.evaluate_descriptions("demo", "test", [DescriptionSet.of("s", texts, TEMPLATE)])
+    ).scores
+    assert strict.error is not None and "77-token context" in strict.error
+    await engine.close()
+
+
 async def test_request_limits(tiny_model: Path, images: Path) -> None:
     engine = make_engine(tiny_model, images, max_templates_per_request=4)
     one = DescriptionSet.of("s", DESCRIBED)

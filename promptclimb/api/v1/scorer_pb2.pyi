@@ -214,21 +214,23 @@ class DescriptionSet(_message.Message):
     def __init__(self, name: _Optional[str] = ..., classes: _Optional[_Iterable[_Union[_common_pb2.ClassDescriptions, _Mapping]]] = ..., template: _Optional[str] = ...) -> None: ...
 
 class EvaluateDescriptionsRequest(_message.Message):
-    __slots__ = ("dataset", "split", "sets", "per_class", "top_confusions")
+    __slots__ = ("dataset", "split", "sets", "per_class", "top_confusions", "drop_overlong_texts")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     SETS_FIELD_NUMBER: _ClassVar[int]
     PER_CLASS_FIELD_NUMBER: _ClassVar[int]
     TOP_CONFUSIONS_FIELD_NUMBER: _ClassVar[int]
+    DROP_OVERLONG_TEXTS_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     split: str
     sets: _containers.RepeatedCompositeFieldContainer[DescriptionSet]
     per_class: bool
     top_confusions: int
-    def __init__(self, dataset: _Optional[str] = ..., split: _Optional[str] = ..., sets: _Optional[_Iterable[_Union[DescriptionSet, _Mapping]]] = ..., per_class: _Optional[bool] = ..., top_confusions: _Optional[int] = ...) -> None: ...
+    drop_overlong_texts: bool
+    def __init__(self, dataset: _Optional[str] = ..., split: _Optional[str] = ..., sets: _Optional[_Iterable[_Union[DescriptionSet, _Mapping]]] = ..., per_class: _Optional[bool] = ..., top_confusions: _Optional[int] = ..., drop_overlong_texts: _Optional[bool] = ...) -> None: ...
 
 class DescriptionSetScore(_message.Message):
-    __slots__ = ("name", "accuracy", "correct", "total", "per_class_accuracy", "error", "loss", "confusions", "num_texts")
+    __slots__ = ("name", "accuracy", "correct", "total", "per_class_accuracy", "error", "loss", "confusions", "num_texts", "dropped")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     CORRECT_FIELD_NUMBER: _ClassVar[int]
@@ -238,6 +240,7 @@ class DescriptionSetScore(_message.Message):
     LOSS_FIELD_NUMBER: _ClassVar[int]
     CONFUSIONS_FIELD_NUMBER: _ClassVar[int]
     NUM_TEXTS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
     name: str
     accuracy: float
     correct: int
@@ -247,7 +250,8 @@ class DescriptionSetScore(_message.Message):
     loss: float
     confusions: _containers.RepeatedCompositeFieldContainer[_common_pb2.Confusion]
     num_texts: int
-    def __init__(self, name: _Optional[str] = ..., accuracy: _Optional[float] = ..., correct: _Optional[int] = ..., total: _Optional[int] = ..., per_class_accuracy: _Optional[_Iterable[float]] = ..., error: _Optional[_Union[TemplateError, _Mapping]] = ..., loss: _Optional[float] = ..., confusions: _Optional[_Iterable[_Union[_common_pb2.Confusion, _Mapping]]] = ..., num_texts: _Optional[int] = ...) -> None: ...
+    dropped: _containers.RepeatedCompositeFieldContainer[_common_pb2.ClassDescriptions]
+    def __init__(self, name: _Optional[str] = ..., accuracy: _Optional[float] = ..., correct: _Optional[int] = ..., total: _Optional[int] = ..., per_class_accuracy: _Optional[_Iterable[float]] = ..., error: _Optional[_Union[TemplateError, _Mapping]] = ..., loss: _Optional[float] = ..., confusions: _Optional[_Iterable[_Union[_common_pb2.Confusion, _Mapping]]] = ..., num_texts: _Optional[int] = ..., dropped: _Optional[_Iterable[_Union[_common_pb2.ClassDescriptions, _Mapping]]] = ...) -> None: ...
 
 class EvaluateDescriptionsResponse(_message.Message):
     __slots__ = ("scores", "class_names", "compute_seconds")
