@@ -258,12 +258,9 @@ def _description_spec(spec: coordinator_pb2.SearchSpec) -> tuple[DescriptionSpec
                 "a description search scores the template alone and the first set: at least 2",
             )
         )
+    # Unset knobs take DescriptionSpec's defaults (written once, there).
     described = DescriptionSpec(
-        descriptions_per_class=d.descriptions_per_class if d.HasField("descriptions_per_class") else 3,
-        rounds=d.rounds if d.HasField("rounds") else 3,
-        weakest_k=d.weakest_k if d.HasField("weakest_k") else 3,
-        top_confusions=d.top_confusions if d.HasField("top_confusions") else 50,
-        max_classes_per_call=d.max_classes_per_call if d.HasField("max_classes_per_call") else 0,
+        **{name: getattr(d, name) for name in knobs if d.HasField(name)},
         template=d.template,
         from_search=NAME_PREFIX + search_id_of(d.from_search) if d.from_search else "",
     )
