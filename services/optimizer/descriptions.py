@@ -236,12 +236,11 @@ def _pairs_from_json(value: Any) -> list[tuple[str, list[str]]] | None:
 def _json_pairs(body: str) -> list[tuple[str, list[str]]] | None:
     """Pairs from the first JSON object or array in ``body`` that holds any, else None."""
     decoder = json.JSONDecoder()
-    for start in sorted(i for i, ch in enumerate(body) if ch in "{["):
-        try:
-            value, _ = decoder.raw_decode(body[start:])
-        except ValueError:
+    for start in (i for i, ch in enumerate(body) if ch in "{["):
+        try:  # from ``start`` in place: a slice per bracket made a long reply quadratic
+            found = _pairs_from_json(decoder.raw_decode(body, start)[0])
+        except (ValueError, RecursionError):  # not JSON here, or nested deeper than Python's stack
             continue
-        found = _pairs_from_json(value)
         if found:
             return found
     return None

@@ -160,15 +160,18 @@ def _json_candidates(text: str) -> list[str] | None:
     # quoted line, not JSON output, so only objects and arrays count.
     for start in sorted(starts):
         try:
-            value, length = decoder.raw_decode(stripped[start:])
-        except ValueError:
+            value, end = decoder.raw_decode(stripped, start)
+        except (ValueError, RecursionError):  # not JSON here, or nested deeper than Python's stack
             continue
         # JSON output fills whole lines; "- [ ] a {} on fire" holds a "[ ]" that is not JSON.
         line_start = start == 0 or stripped[:start].rstrip(" \t").endswith(("\n", ":"))
-        rest = stripped[start + length :].lstrip(" \t")
+        rest = stripped[end:].lstrip(" \t")
         if not isinstance(value, (dict, list)) or not line_start or rest[:1] not in ("", "\n", "\r"):
             continue
-        found = _strings_in_json(value)
+        try:
+            found = _strings_in_json(value)
+        except RecursionError:  # lists nested hundreds deep hold no template worth the stack
+            continue
         if found is not None:
             return found
     return None

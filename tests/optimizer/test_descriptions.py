@@ -117,6 +117,20 @@ def test_replies_with_nothing_usable_describe_no_class(text: str) -> None:
     assert parsed.rejected  # the caller sees why
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 5_000,  # deeper than Python's stack: the decoder raises RecursionError, not ValueError
+        '{"classes": ' * 3_000 + '{"rose": ["red spiral petals"]}' + "}" * 3_000,
+        "{}" * 20_000,  # a bracket at every other character, none of them describing a class
+    ],
+)
+def test_deeply_nested_or_bracket_filled_replies_describe_no_class(text: str) -> None:
+    parsed = parse_descriptions(text, ["rose", "tulip"], 3)
+    assert "tulip" not in parsed.descriptions
+    assert parsed.descriptions.get("rose", ["{}, red spiral petals"]) == ["{}, red spiral petals"]
+
+
 # --- the writer against the scripted server ----------------------------------------------------
 
 

@@ -163,3 +163,11 @@ def test_length_cap_is_configurable() -> None:
     parsed = parse_reply("a photo of a big {}.", max_chars=10)
     assert parsed.templates == []
     assert [r.reason for r in parsed.rejected] == ["too_long"]
+
+
+@pytest.mark.parametrize(
+    "reply", ["[" * 5_000, "[" * 900 + "]" * 900, '{"templates": ' + "[" * 900 + "]" * 900 + "}"]
+)
+def test_deeply_nested_json_is_no_template_and_no_crash(reply: str) -> None:
+    parsed = parse_reply(reply)
+    assert all("{}" in t for t in parsed.templates)
