@@ -82,6 +82,12 @@ DEFAULT_STRATEGY = Strategy.CONTRAST
 DEFAULT_BEST_K = 3
 DEFAULT_WORST_K = 3
 DEFAULT_NUM_TEMPLATES = 1
+# Description searches: the same defaults and limits in the coordinator (SearchSpec.descriptions)
+# and the optimizer (ProposeDescriptions), so a knob left unset means one thing in both.
+DEFAULT_DESCRIPTIONS_PER_CLASS = 3
+MAX_DESCRIPTIONS_PER_CLASS = 10
+DEFAULT_WEAKEST_K = 3  # classes rewritten per refine round
+MAX_DESCRIPTION_CLASSES = 1000  # classes one description request may name
 
 STRATEGY_TO_PROTO: dict[Strategy, common_pb2.Strategy] = {
     s: cast(common_pb2.Strategy, common_pb2.Strategy.Value(f"STRATEGY_{s.name}")) for s in Strategy

@@ -15,6 +15,8 @@ from promptclimb.common.vocabulary import (
     DEFAULT_STRATEGY,
     DEFAULT_WORST_K,
     EVENT_TO_PROTO,
+    MAX_DESCRIPTION_CLASSES,
+    MAX_DESCRIPTIONS_PER_CLASS,
     OBJECTIVE_FROM_PROTO,
     OBJECTIVE_TO_PROTO,
     PHASE_TO_PROTO,
@@ -60,9 +62,7 @@ AGGREGATE_TO_PROTO: dict[Aggregate, coordinator_pb2.ObjectiveAggregate] = {
 }
 AGGREGATE_FROM_PROTO: dict[int, Aggregate] = {v: k for k, v in AGGREGATE_TO_PROTO.items()}
 MAX_MODELS = 16  # models one search may name (transfer or objective)
-MAX_DESCRIPTIONS_PER_CLASS = 10  # the optimizer's limit
 MAX_DESCRIPTION_ROUNDS = 100
-MAX_DESCRIPTION_CLASSES = 1000  # the optimizer's limit on classes per request
 
 
 def _rule_violations(spec: coordinator_pb2.SearchSpec, names: set[str]) -> list[tuple[str, str]]:

@@ -38,7 +38,13 @@ from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from promptclimb.common.ranking import rank_key
-from promptclimb.common.vocabulary import Objective, Phase, Strategy
+from promptclimb.common.vocabulary import (
+    DEFAULT_DESCRIPTIONS_PER_CLASS,
+    DEFAULT_WEAKEST_K,
+    Objective,
+    Phase,
+    Strategy,
+)
 from services.coordinator.confidence import PerImage, confidently_better, tied
 
 __all__ = ["Objective", "Phase", "Strategy"]  # re-exported: the search's vocabulary is the shared one
@@ -106,9 +112,9 @@ class Budget:
 class DescriptionSpec:
     """A description search's own knobs (``SearchConfig.descriptions``; proto ``DescriptionSearchSpec``)."""
 
-    descriptions_per_class: int = 3
+    descriptions_per_class: int = DEFAULT_DESCRIPTIONS_PER_CLASS
     rounds: int = 3  # refine rounds after the first descriptions; 0 = describe only
-    weakest_k: int = 3  # classes rewritten per round
+    weakest_k: int = DEFAULT_WEAKEST_K
     top_confusions: int = 50  # confusions shown to the LLM per round
     max_classes_per_call: int = 0  # 0 = the optimizer's default
     template: str = ""  # the slot template every description goes into; "" = scored as they are

@@ -25,7 +25,13 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, 
 from dataclasses import dataclass, field
 from typing import Any
 
-from promptclimb.common.vocabulary import DescriptionStrategy
+from promptclimb.common.vocabulary import (
+    DEFAULT_DESCRIPTIONS_PER_CLASS,
+    DEFAULT_WEAKEST_K,
+    MAX_DESCRIPTION_CLASSES,
+    MAX_DESCRIPTIONS_PER_CLASS,
+    DescriptionStrategy,
+)
 from services.optimizer import metrics
 from services.optimizer.context import ContextWindow, TokenCounter, estimate_tokens
 from services.optimizer.core import CompletionBackend
@@ -49,11 +55,7 @@ from services.optimizer.strategies import percent
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DESCRIPTIONS_PER_CLASS = 3
-MAX_DESCRIPTIONS_PER_CLASS = 10
-DEFAULT_WEAKEST_K = 3
 DEFAULT_MAX_CLASSES_PER_CALL = 8
-MAX_CLASSES = 1000
 MAX_LLM_CALLS = 500
 # Longest description kept (after the class name became "{}"): "short" means a dozen words.
 MAX_DESCRIPTION_CHARS = 150
@@ -127,9 +129,9 @@ def validate(request: DescriptionRequest) -> None:
             "descriptions_per_class",
             f"descriptions_per_class must be between 1 and {MAX_DESCRIPTIONS_PER_CLASS}, got {k}",
         )
-    if not 1 <= request.max_classes_per_call <= MAX_CLASSES:
+    if not 1 <= request.max_classes_per_call <= MAX_DESCRIPTION_CLASSES:
         raise InvalidRequest(
-            "max_classes_per_call", f"max_classes_per_call must be between 1 and {MAX_CLASSES}"
+            "max_classes_per_call", f"max_classes_per_call must be between 1 and {MAX_DESCRIPTION_CLASSES}"
         )
     if request.max_llm_calls is not None and not 1 <= request.max_llm_calls <= MAX_LLM_CALLS:
         raise InvalidRequest("max_llm_calls", f"max_llm_calls must be between 1 and {MAX_LLM_CALLS}")
@@ -143,8 +145,8 @@ def validate(request: DescriptionRequest) -> None:
     what = "class_names" if request.strategy is DescriptionStrategy.DESCRIBE else "scored"
     if not names:
         raise InvalidRequest(what, f"{what} must not be empty")
-    if len(names) > MAX_CLASSES:
-        raise InvalidRequest(what, f"{what} holds {len(names)} classes, at most {MAX_CLASSES}")
+    if len(names) > MAX_DESCRIPTION_CLASSES:
+        raise InvalidRequest(what, f"{what} holds {len(names)} classes, at most {MAX_DESCRIPTION_CLASSES}")
     seen: set[str] = set()
     for i, name in enumerate(names):
         if not name.strip() or _CONTROL.search(name) or len(name) > MAX_DESCRIPTION_CHARS:
@@ -157,8 +159,8 @@ def validate(request: DescriptionRequest) -> None:
             raise InvalidRequest(f"{what}[{i}]", f"class {name[:60]!r} is listed more than once")
         seen.add(class_key(name))
     if request.strategy is DescriptionStrategy.REFINE:
-        if not 1 <= request.weakest_k <= MAX_CLASSES:
-            raise InvalidRequest("weakest_k", f"weakest_k must be between 1 and {MAX_CLASSES}")
+        if not 1 <= request.weakest_k <= MAX_DESCRIPTION_CLASSES:
+            raise InvalidRequest("weakest_k", f"weakest_k must be between 1 and {MAX_DESCRIPTION_CLASSES}")
         for i, scored in enumerate(request.scored):
             if not 0.0 <= scored.accuracy <= 1.0:  # `not <=` also catches NaN
                 raise InvalidRequest(
@@ -709,7 +711,7 @@ class DescriptionWriter:
     def _completion_fit(self, classes: Sequence[str], k: int) -> int:
         """Classes whose replies fit the completion cap together (at least one)."""
         if self.window is None or not classes:
-            return MAX_CLASSES
+            return MAX_DESCRIPTION_CLASSES
         per_class = max(completion_tokens_per_class(c, k) for c in classes)
         return max(1, (self.window.completion_tokens - TOKENS_REPLY_OVERHEAD) // per_class)
 

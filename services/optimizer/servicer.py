@@ -10,7 +10,9 @@ from promptclimb.api.v1 import common_pb2, optimizer_pb2, optimizer_pb2_grpc
 from promptclimb.common.errors import ServiceError, abort, invalid_argument
 from promptclimb.common.vocabulary import (
     DEFAULT_BEST_K,
+    DEFAULT_DESCRIPTIONS_PER_CLASS,
     DEFAULT_NUM_TEMPLATES,
+    DEFAULT_WEAKEST_K,
     DEFAULT_WORST_K,
     DESCRIPTION_STRATEGY_FROM_PROTO,
     DESCRIPTION_STRATEGY_TO_PROTO,
@@ -20,9 +22,7 @@ from promptclimb.common.vocabulary import (
 from services.optimizer.backend import ChatBackend
 from services.optimizer.core import Optimizer
 from services.optimizer.descriptions import (
-    DEFAULT_DESCRIPTIONS_PER_CLASS,
     DEFAULT_MAX_CLASSES_PER_CALL,
-    DEFAULT_WEAKEST_K,
     DescriptionPlan,
     DescriptionProposal,
     DescriptionRequest,
