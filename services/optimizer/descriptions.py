@@ -533,8 +533,8 @@ class _Batches:
     up to ``cap`` of the classes still pending per call, fitted to the prompt budget; a class a
     reply left out comes again, until the calls (the request's max_llm_calls, else twice the calls
     the classes need at first) run out. The default counts the prompt budget too: a call fitted to
-    fewer classes than the cap allows adds twice the calls its left-over classes need, so complete
-    replies always describe every class.
+    fewer classes than the cap allows adds twice the calls its left-over classes need (once per
+    class, at most MAX_LLM_CALLS in all), so complete replies always describe every class.
     """
 
     def __init__(self, fit: _Fit, request: DescriptionRequest, todo: list[str], cap: int) -> None:
@@ -548,6 +548,7 @@ class _Batches:
         self.max_llm_calls = request.max_llm_calls or 2 * math.ceil(len(todo) / cap)
         self.calls_left = self.max_llm_calls
         self.asked: set[str] = set()
+        self.split_off: set[str] = set()  # classes the prompt budget pushed to a later call (counted once)
         self.calls = 0
 
     def __aiter__(self) -> _Batches:
@@ -559,10 +560,15 @@ class _Batches:
         self.calls_left -= 1
         classes = self.pending[: self.cap]
         batch, messages, counted = await self.fit(self.build, self.request, classes, self.asked)
-        if not self.fixed and len(batch) < len(classes):  # the prompt budget, not the cap, split it
-            extra = 2 * math.ceil((len(classes) - len(batch)) / len(batch))
-            self.max_llm_calls += extra
-            self.calls_left += extra
+        # The prompt budget, not the cap, split the call: its left-over classes need calls of their
+        # own, counted once per class (a class split off again, its reply still missing, adds none:
+        # else replies that never describe it would extend the bound forever).
+        left_over = [c for c in classes[len(batch) :] if c not in self.split_off]
+        if not self.fixed and left_over:
+            self.split_off.update(left_over)
+            extra = min(2 * math.ceil(len(left_over) / len(batch)), MAX_LLM_CALLS - self.max_llm_calls)
+            self.max_llm_calls += max(0, extra)
+            self.calls_left += max(0, extra)
         seed = None if self.request.seed is None else self.request.seed + self.calls
         self.calls += 1
         return _Call(batch, messages, counted, seed)

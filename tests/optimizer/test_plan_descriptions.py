@@ -240,6 +240,26 @@ async def test_max_llm_calls_is_what_the_call_spends_on_a_class_never_described(
     assert plan.max_llm_calls == 7
 
 
+async def test_replies_that_describe_nothing_in_a_tight_window_end_within_a_bound(
+    fake: FakeOpenAI, start_server: Callable[..., Any]
+) -> None:
+    # The prompt budget splits nearly every call, and no reply describes anything: each class
+    # extends the default bound once (before: every split extended it again, so the calls never
+    # ended — hundreds to a hostile refine request, past its deadline).
+    fake.default = lambda body: "I cannot describe flowers."
+    stub, _channel, _server = await start_server(
+        llm_base_url=fake.base_url, llm_model="fake-model", **TIGHT_WINDOW
+    )
+    request = describe(descriptions_per_class=3, max_classes_per_call=8)
+    plan = await plan_of(stub, request)
+    response = await stub.ProposeDescriptions(request)
+    assert sorted(response.missing) == sorted(CLASSES)
+    assert len(fake.requests) == response.usage.llm_calls
+    # At most twice the calls of the cap, and twice one call per class split off.
+    assert response.usage.llm_calls <= 2 * -(-len(CLASSES) // 8) + 2 * len(CLASSES)
+    assert response.usage.llm_calls >= plan.llm_calls
+
+
 @pytest.mark.parametrize(
     "request_",
     [
