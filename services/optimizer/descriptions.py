@@ -17,7 +17,6 @@ without the LLM, for a dry run's count of calls and tokens. No gRPC here.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -47,6 +46,7 @@ from services.optimizer.parsing import (
     SLOT,
     TOO_LONG,
     RejectedCandidate,
+    decode_json_at,
     dedupe_key,
     normalise_slots,
     strip_wrapping,
@@ -237,11 +237,12 @@ def _pairs_from_json(value: Any) -> list[tuple[str, list[str]]] | None:
 
 def _json_pairs(body: str) -> list[tuple[str, list[str]]] | None:
     """Pairs from the first JSON object or array in ``body`` that holds any, else None."""
-    decoder = json.JSONDecoder()
     for start in (i for i, ch in enumerate(body) if ch in "{["):
-        try:  # from ``start`` in place: a slice per bracket made a long reply quadratic
-            found = _pairs_from_json(decoder.raw_decode(body, start)[0])
-        except (ValueError, RecursionError):  # not JSON here, or nested deeper than Python's stack
+        if (decoded := decode_json_at(body, start)) is None:
+            continue
+        try:
+            found = _pairs_from_json(decoded[0])
+        except RecursionError:  # wrappers nested hundreds deep hold no class worth the stack
             continue
         if found:
             return found
@@ -566,9 +567,11 @@ class _Batches:
         left_over = [c for c in classes[len(batch) :] if c not in self.split_off]
         if not self.fixed and left_over:
             self.split_off.update(left_over)
-            extra = min(2 * math.ceil(len(left_over) / len(batch)), MAX_LLM_CALLS - self.max_llm_calls)
-            self.max_llm_calls += max(0, extra)
-            self.calls_left += max(0, extra)
+            extra = max(
+                0, min(2 * math.ceil(len(left_over) / len(batch)), MAX_LLM_CALLS - self.max_llm_calls)
+            )
+            self.max_llm_calls += extra
+            self.calls_left += extra
         seed = None if self.request.seed is None else self.request.seed + self.calls
         self.calls += 1
         return _Call(batch, messages, counted, seed)

@@ -149,20 +149,30 @@ def _strings_in_json(value: Any) -> list[str] | None:
     return None
 
 
+def decode_json_at(text: str, start: int) -> tuple[Any, int] | None:
+    """The JSON value that begins at ``text[start]`` and the index after it, else None.
+
+    Decoded in place (a slice per bracket makes a long reply quadratic); a value nested deeper than
+    Python's stack raises RecursionError, not ValueError, and is no JSON output either.
+    """
+    try:
+        return json.JSONDecoder().raw_decode(text, start)
+    except (ValueError, RecursionError):
+        return None
+
+
 def _json_candidates(text: str) -> list[str] | None:
     """Candidates when the text is (or embeds) a JSON object or array, else None."""
     stripped = text.strip()
     starts = [i for i in (stripped.find("{"), stripped.find("[")) if i >= 0]
     if not starts:
         return None
-    decoder = json.JSONDecoder()
     # From the first opening bracket: chatty preamble + JSON is common. A bare JSON string is a
     # quoted line, not JSON output, so only objects and arrays count.
     for start in sorted(starts):
-        try:
-            value, end = decoder.raw_decode(stripped, start)
-        except (ValueError, RecursionError):  # not JSON here, or nested deeper than Python's stack
+        if (decoded := decode_json_at(stripped, start)) is None:
             continue
+        value, end = decoded
         # JSON output fills whole lines; "- [ ] a {} on fire" holds a "[ ]" that is not JSON.
         line_start = start == 0 or stripped[:start].rstrip(" \t").endswith(("\n", ":"))
         rest = stripped[end:].lstrip(" \t")
